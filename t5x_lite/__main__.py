@@ -1,0 +1,3 @@
+from t5x_lite.main import run
+
+run()

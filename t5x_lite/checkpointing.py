@@ -1,0 +1,120 @@
+"""Orbax checkpoints of the train state plus a JSON record of the run.
+
+Each step directory holds two items: `state` (step, params, optimizer state,
+restored onto any mesh through the target shardings) and `meta` (data
+position, layer layout, model config, operative gin config).
+"""
+
+import dataclasses
+import os
+
+import gin
+import jax
+import orbax.checkpoint as ocp
+
+from t5x_lite.errors import ConfigError
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Save every `save_every` steps; keep the last `keep` plus every `keep_every`-th."""
+
+    save_every: int = 1000
+    keep: int = 3
+    keep_every: int | None = None
+    async_save: bool = True
+
+
+def _shapes_by_path(tree) -> dict[str, tuple]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def check_shapes(saved_tree, target_tree, where: str) -> None:
+    """Raises ConfigError naming the first array whose shape or presence differs."""
+    saved, target = _shapes_by_path(saved_tree), _shapes_by_path(target_tree)
+    for key in sorted(set(saved) | set(target)):
+        if key not in saved or key not in target:
+            side = "model" if key not in saved else "checkpoint"
+            raise ConfigError(
+                f"checkpoint {where} does not match the model: {key} is missing from the {side}; "
+                "use the model config the checkpoint was trained with.")
+        if saved[key] != target[key]:
+            raise ConfigError(
+                f"checkpoint {where} does not match the model: {key} has shape {saved[key]} "
+                f"in the checkpoint but {target[key]} in the model; use the model config the "
+                "checkpoint was trained with.")
+
+
+def with_shardings(abstract_tree, shardings):
+    return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(
+        leaf.shape, leaf.dtype, sharding=sharding), abstract_tree, shardings)
+
+
+class Checkpointer:
+    """The run's checkpoints in `<model_dir>/checkpoints`."""
+
+    def __init__(self, model_dir: str, cfg: CheckpointConfig):
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=cfg.save_every, max_to_keep=cfg.keep,
+            keep_period=cfg.keep_every, enable_async_checkpointing=cfg.async_save,
+            cleanup_tmp_directories=True)
+        self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, meta: dict, force: bool = False) -> bool:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  meta=ocp.args.JsonSave(meta))
+        return self.manager.save(step, args=args, force=force)
+
+    def restore(self, step: int, abstract_state, shardings):
+        """(state, meta) of `step`, placed with `shardings`."""
+        saved = self.manager.item_metadata(step)["state"]
+        check_shapes(saved, abstract_state, f"{self.directory}/{step}")
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(with_shardings(abstract_state, shardings)),
+            meta=ocp.args.JsonRestore())
+        restored = self.manager.restore(step, args=args)
+        return restored["state"], restored["meta"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _resolve_initial(path: str) -> tuple[str, int]:
+    """(checkpoints directory, step) for a model dir, its checkpoints dir or a step dir."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise ConfigError(f"INITIAL_CHECKPOINT_PATH={path} does not exist; point it at a "
+                          "model dir, its checkpoints/ dir or one step directory.")
+    name = os.path.basename(path.rstrip("/"))
+    if name.isdigit():
+        return os.path.dirname(path), int(name)
+    directory = os.path.join(path, "checkpoints") if os.path.isdir(
+        os.path.join(path, "checkpoints")) else path
+    steps = ocp.utils.checkpoint_steps(directory)
+    if not steps:
+        raise ConfigError(f"INITIAL_CHECKPOINT_PATH={path} holds no checkpoint steps.")
+    return directory, max(steps)
+
+
+def restore_params(path: str, abstract_params, shardings):
+    """Only the params of the checkpoint at `path` (the optimizer starts fresh)."""
+    directory, step = _resolve_initial(path)
+    state_dir = os.path.join(directory, str(step), "state")
+    checkpointer = ocp.PyTreeCheckpointer()
+    saved = checkpointer.metadata(state_dir).item_metadata.tree
+    check_shapes({"params": saved["params"]}, {"params": abstract_params}, state_dir)
+    target = {"params": with_shardings(abstract_params, shardings)}
+    restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+    return restored["params"]

@@ -1,0 +1,9 @@
+"""Errors a user can act on, and the process exit codes that report them."""
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG_ERROR = 2
+
+
+class ConfigError(ValueError):
+    """Bad configuration or input: reported as one line, exit code EXIT_CONFIG_ERROR."""

@@ -1,0 +1,56 @@
+"""Gin parsing for the CLI: the installed gin/ folder on the search path,
+T5X-style `--gin.KEY=VALUE` flags, and errors turned into one clear line."""
+
+import importlib.resources
+import os
+
+import gin
+
+from t5x_lite.errors import ConfigError
+
+REQUIRED_MACROS = ("MODEL_DIR", "TRAIN_STEPS")
+
+
+def installed_gin_dir() -> str:
+    return str(importlib.resources.files("t5x_lite.gin"))
+
+
+def rewrite_gin_args(argv: list[str]) -> list[str]:
+    """`--gin.X=Y` -> `--gin_bindings=X = Y` (T5X's shorthand for one binding)."""
+    rewritten = []
+    for arg in argv:
+        if arg.startswith("--gin.") and "=" in arg:
+            key, value = arg[len("--gin."):].split("=", 1)
+            rewritten.append(f"--gin_bindings={key} = {value}")
+        else:
+            rewritten.append(arg)
+    return rewritten
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def parse(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
+    """Parses files then bindings; a missing file or bad binding raises ConfigError."""
+    for path in [os.getcwd(), *search_paths, installed_gin_dir()]:
+        gin.add_config_file_search_path(path)
+    try:
+        gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=False)
+    except OSError as error:
+        raise ConfigError(f"gin file not found: {_one_line(error)} Check --gin_file; "
+                          f"installed configs live in {installed_gin_dir()}.") from None
+    except (ValueError, SyntaxError, gin.config_parser.ParseError if hasattr(
+            gin, "config_parser") else ValueError) as error:
+        raise ConfigError(f"bad gin config: {_one_line(error)}") from None
+
+
+def check_required_macros(macros=REQUIRED_MACROS) -> None:
+    for macro in macros:
+        try:
+            value = gin.query_parameter(f"%{macro}")
+        except ValueError:
+            value = None
+        if value is None or str(value) == "%gin.REQUIRED":
+            raise ConfigError(f"required gin macro {macro} is not set; pass "
+                              f"--gin.{macro}=... or bind it in a gin file.")

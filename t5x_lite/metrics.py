@@ -1,0 +1,98 @@
+"""FLOPs, MFU and the run's metric writers (metrics.jsonl, TensorBoard, progress bar)."""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import tqdm
+from tensorboardX import SummaryWriter
+
+from t5x_lite.models.config import DecoderConfig
+
+# Dense bf16 peak FLOP/s per chip, matched as substrings of jax's device_kind
+# (lower case, first match wins, so "v5 lite" precedes "v5").
+PEAK_FLOPS_BY_DEVICE_KIND = (
+    ("v6 lite", 918e12), ("v6e", 918e12),
+    ("v5 lite", 197e12), ("v5e", 197e12),
+    ("v5p", 459e12), ("v5", 459e12),
+    ("v4", 275e12),
+    ("h200", 989e12), ("h100", 989e12),
+    ("a100", 312e12),
+)
+
+
+def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
+    """Forward + backward FLOPs per token: 6 x matmul params plus attention
+    scores and values (12 L T N H, full T as in the PaLM paper's accounting)."""
+    D, N, K, H, F = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
+    per_layer = D * N * H * 2 + D * K * H * 2 + 3 * D * F
+    matmul_params = cfg.num_layers * per_layer + D * cfg.vocab_size
+    attention = 12 * cfg.num_layers * seq_len * N * H
+    return 6 * matmul_params + attention
+
+
+def measure_host_flops(size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a float32 matmul on the first device: the CPU stand-in for a peak."""
+    x = jnp.ones((size, size), jnp.float32, device=jax.devices()[0])
+    matmul = jax.jit(lambda a: a @ a)
+    matmul(x).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        matmul(x).block_until_ready()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def total_peak_flops(peak_flops_per_device: float | None = None) -> float:
+    """Peak FLOP/s of all devices: gin override, else the table, else measured (CPU)."""
+    devices = jax.devices()
+    if peak_flops_per_device:
+        return peak_flops_per_device * len(devices)
+    kind = devices[0].device_kind.lower()
+    for name, flops in PEAK_FLOPS_BY_DEVICE_KIND:
+        if name in kind and devices[0].platform != "cpu":
+            return flops * len(devices)
+    # Host devices share the cores, so one measurement covers each host.
+    return measure_host_flops() * jax.process_count()
+
+
+class MetricsWriter:
+    """Writes scalars on process 0: JSON lines, TensorBoard events and a progress bar."""
+
+    def __init__(self, model_dir: str, total_steps: int, start_step: int):
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        os.makedirs(model_dir, exist_ok=True)
+        self.jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a")
+        self.tensorboard = SummaryWriter(os.path.join(model_dir, "tensorboard"))
+        self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
+                             dynamic_ncols=True, desc="train")
+
+    def write(self, step: int, scalars: dict) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.jsonl.flush()
+        for name, value in scalars.items():
+            self.tensorboard.add_scalar(name, value, step)
+
+    def progress(self, step: int, scalars: dict) -> None:
+        if not self.enabled:
+            return
+        self.bar.update(step - self.bar.n)
+        shown = {"loss": f"{scalars['loss']:.4f}",
+                 "tok/s": f"{scalars['tokens_per_second']:,.0f}",
+                 "mfu": f"{100 * scalars['mfu']:.2f}%"}
+        self.bar.set_postfix(shown, refresh=False)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            tqdm.tqdm.write(text)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.close()
+            self.tensorboard.close()
+            self.jsonl.close()

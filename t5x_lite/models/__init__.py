@@ -1,0 +1,1 @@
+"""Model families. `decoder` is the Llama-compatible decoder-only family."""

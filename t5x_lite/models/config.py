@@ -1,0 +1,73 @@
+"""Configuration of the decoder-only family, bound from gin model files."""
+
+import dataclasses
+
+import gin
+import jax
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything": jax.checkpoint_policies.everything_saveable,
+}
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """Shape and numerics of a Llama-style decoder.
+
+    `vocab_size=None` takes the size of the task's vocabulary, rounded up to a
+    multiple of `vocab_multiple` so the table shards evenly.
+    """
+
+    num_layers: int = 2
+    embed_dim: int = 64
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    mlp_dim: int = 256
+    vocab_size: int | None = None
+    vocab_multiple: int = 128
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    z_loss: float = 0.0
+    init_std: float = 0.02
+    dtype: str = "float32"
+    scan_layers: bool = True
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"DecoderConfig: num_heads={self.num_heads} is not a multiple of "
+                f"num_kv_heads={self.num_kv_heads}; pick a divisor of num_heads."
+            )
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"DecoderConfig.dtype={self.dtype!r}: use one of {COMPUTE_DTYPES}.")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"DecoderConfig.remat_policy={self.remat_policy!r}: use one of "
+                f"{sorted(REMAT_POLICIES)}."
+            )
+
+    def with_vocab(self, task_vocab_size: int) -> "DecoderConfig":
+        """Resolves `vocab_size` against the task's vocabulary."""
+        if self.vocab_size is None:
+            rounded = -(-task_vocab_size // self.vocab_multiple) * self.vocab_multiple
+            return dataclasses.replace(self, vocab_size=rounded)
+        if self.vocab_size < task_vocab_size:
+            raise ValueError(
+                f"DecoderConfig.vocab_size={self.vocab_size} is smaller than the task "
+                f"vocabulary ({task_vocab_size}); set it to None or at least {task_vocab_size}."
+            )
+        return self
+
+    @property
+    def compute_dtype(self):
+        return jax.numpy.dtype(self.dtype)

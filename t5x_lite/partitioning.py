@@ -1,0 +1,142 @@
+"""Device mesh, logical axis rules and shardings for pytrees.
+
+Parameters and activations carry logical axis names (`batch`, `embed`, ...).
+Two rule tables, one for parameters and one for activations, map them to the
+mesh axes `data`, `fsdp` and `tensor`, so FSDP or tensor parallelism is a gin
+edit. A mesh axis that does not divide a dimension is dropped for that array
+(the dimension is replicated instead).
+"""
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Sequence
+
+import gin
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from t5x_lite.errors import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+DEFAULT_PARAM_RULES: Rules = (
+    ("layers", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+)
+
+DEFAULT_ACTIVATION_RULES: Rules = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", None),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+)
+
+
+@gin.configurable
+def axis_rules(param_rules: Rules = DEFAULT_PARAM_RULES,
+               activation_rules: Rules = DEFAULT_ACTIVATION_RULES) -> tuple[Rules, Rules]:
+    """The (parameter, activation) rule tables; bound in gin."""
+    return tuple(param_rules), tuple(activation_rules)
+
+
+def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+    """Replaces a single -1 in `mesh_shape` by the devices left over."""
+    if len(mesh_shape) != len(MESH_AXES):
+        raise ConfigError(f"MESH_SHAPE={tuple(mesh_shape)} must have 3 entries (data, fsdp, tensor).")
+    if list(mesh_shape).count(-1) > 1:
+        raise ConfigError(f"MESH_SHAPE={tuple(mesh_shape)} may hold at most one -1.")
+    known = math.prod(d for d in mesh_shape if d != -1)
+    shape = tuple(num_devices // known if d == -1 else d for d in mesh_shape)
+    if math.prod(shape) != num_devices or known <= 0:
+        raise ConfigError(
+            f"MESH_SHAPE={tuple(mesh_shape)} does not fit {num_devices} devices; "
+            f"make the product equal {num_devices} or use -1 for one axis."
+        )
+    return shape
+
+
+def create_mesh(mesh_shape: Sequence[int], devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all (or the given) devices."""
+    devices = jax.devices() if devices is None else devices
+    shape = resolve_mesh_shape(mesh_shape, len(devices))
+    device_grid = np.asarray(devices).reshape(shape)
+    return Mesh(device_grid, MESH_AXES)
+
+
+def _mesh_axes_for(name: str | None, rules: Rules) -> tuple[str, ...]:
+    for logical, mesh_axes in rules:
+        if logical == name:
+            if mesh_axes is None:
+                return ()
+            return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+    return ()
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
+                    mesh: Mesh, rules: Rules) -> PartitionSpec:
+    """PartitionSpec for an array of `shape` whose dims carry `logical_axes`."""
+    if len(logical_axes) != len(shape):
+        raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(logical_axes, shape):
+        kept = []
+        for axis in _mesh_axes_for(name, rules):
+            size = math.prod(mesh.shape[a] for a in kept + [axis])
+            if axis not in used and dim % size == 0:
+                kept.append(axis)
+        used.update(kept)
+        spec.append(tuple(kept) if len(kept) > 1 else (kept[0] if kept else None))
+    return PartitionSpec(*spec)
+
+
+def named_sharding(logical_axes, shape, mesh: Mesh, rules: Rules) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, rules))
+
+
+def tree_shardings(logical_tree, abstract_tree, mesh: Mesh, rules: Rules):
+    """NamedShardings for `abstract_tree`, whose leaves' axes are in `logical_tree`."""
+    return jax.tree.map(
+        lambda axes, leaf: named_sharding(axes, leaf.shape, mesh, rules),
+        logical_tree, abstract_tree, is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+_ACTIVATION_CONTEXT: contextvars.ContextVar = contextvars.ContextVar("activation_sharding",
+                                                                      default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Rules):
+    """Within this context, `constrain` pins activations to the mesh."""
+    token = _ACTIVATION_CONTEXT.set((mesh, rules))
+    try:
+        yield
+    finally:
+        _ACTIVATION_CONTEXT.reset(token)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """Sharding constraint on an activation; a no-op outside `activation_sharding`."""
+    context = _ACTIVATION_CONTEXT.get()
+    if context is None:
+        return x
+    mesh, rules = context
+    return jax.lax.with_sharding_constraint(x, named_sharding(logical_axes, x.shape, mesh, rules))

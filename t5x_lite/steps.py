@@ -1,0 +1,88 @@
+"""The jitted train and eval steps.
+
+Losses are summed over tokens and divided once by the batch's total target
+weight, so gradient accumulation over microbatches (in float32) gives the same
+update as one big batch.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding
+
+from t5x_lite.models.losses import cross_entropy_sums
+from t5x_lite.partitioning import constrain
+from t5x_lite.train_state import ModelSpec
+
+
+def _loss_sums(spec: ModelSpec, params, batch):
+    logits_BTV = spec.logits(params, batch)
+    loss_sum, z_sum, weight_sum = cross_entropy_sums(
+        logits_BTV, batch["decoder_target_tokens"], batch["decoder_loss_weights"], spec.cfg.z_loss)
+    return loss_sum, (z_sum, weight_sum)
+
+
+def split_microbatches(batch: dict, num_microbatches: int) -> dict:
+    """[B, T] -> [M, B/M, T] taking every M-th row, so each device keeps its rows."""
+    def split(x_BT):
+        rows = x_BT.shape[0]
+        if rows % num_microbatches:
+            raise ValueError(f"batch of {rows} rows does not split into {num_microbatches} "
+                             "microbatches; make BATCH_SIZE a multiple of num_microbatches.")
+        x_RMT = x_BT.reshape(rows // num_microbatches, num_microbatches, *x_BT.shape[1:])
+        return jnp.swapaxes(x_RMT, 0, 1)
+    return jax.tree.map(split, batch)
+
+
+def _accumulated_grads(spec, params, batch, num_microbatches: int):
+    value_and_grad = jax.value_and_grad(lambda p, b: _loss_sums(spec, p, b), has_aux=True)
+    if num_microbatches == 1:
+        (loss_sum, (z_sum, weight_sum)), grads = value_and_grad(params, batch)
+        return grads, loss_sum, z_sum, weight_sum
+
+    def body(carry, microbatch):
+        microbatch = jax.tree.map(lambda x: constrain(x, ("batch", "length")), microbatch)
+        (loss_sum, (z_sum, weight_sum)), grads = value_and_grad(params, microbatch)
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+        return jax.tree.map(jnp.add, carry, (grads, loss_sum, z_sum, weight_sum)), None
+
+    zeros = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
+             jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    totals, _ = jax.lax.scan(body, zeros, split_microbatches(batch, num_microbatches))
+    return totals
+
+
+def make_train_step(spec: ModelSpec, optimizer, schedule, state_shardings,
+                    batch_sharding: NamedSharding, num_microbatches: int = 1):
+    """jit(train_step)(state, batch) -> (state, metrics); the old state is donated."""
+    def train_step(state, batch):
+        grads, loss_sum, z_sum, weight_sum = _accumulated_grads(
+            spec, state["params"], batch, num_microbatches)
+        denominator = jnp.maximum(weight_sum, 1.0)
+        grads = jax.tree.map(lambda g: g / denominator, grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        new_state = {"step": state["step"] + 1,
+                     "params": optax.apply_updates(state["params"], updates),
+                     "opt_state": opt_state}
+        metrics = {"loss": loss_sum / denominator, "z_loss": z_sum / denominator,
+                   "grad_norm": optax.tree.norm(grads),
+                   "learning_rate": schedule(state["step"]), "target_tokens": weight_sum}
+        return new_state, metrics
+
+    batch_shardings = {key: batch_sharding for key in BATCH_KEYS}
+    return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, None), donate_argnums=0)
+
+
+def make_eval_step(spec: ModelSpec, param_shardings, batch_sharding: NamedSharding):
+    """jit(eval_step)(params, batch) -> (loss_sum, weight_sum)."""
+    def eval_step(params, batch):
+        loss_sum, (_, weight_sum) = _loss_sums(spec, params, batch)
+        return loss_sum, weight_sum
+
+    batch_shardings = {key: batch_sharding for key in BATCH_KEYS}
+    return jax.jit(eval_step, in_shardings=(param_shardings, batch_shardings))
+
+
+BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+              "decoder_segment_ids", "decoder_positions")

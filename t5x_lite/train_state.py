@@ -1,0 +1,83 @@
+"""The train state {step, params, opt_state} as plain pytrees on the mesh.
+
+The model is split once into a graph definition and a template of its
+parameters; params then travel as a nested dict of arrays, which is what
+optax, orbax and the exporters want. Shapes come from `jax.eval_shape`, so no
+host ever holds the full model; init runs jitted straight into its shardings.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from t5x_lite import partitioning
+from t5x_lite.models.config import DecoderConfig
+from t5x_lite.models.decoder import Decoder
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A model without values: graph, parameter template and logical axes."""
+
+    cfg: DecoderConfig
+    graphdef: nnx.GraphDef
+    template: nnx.State
+    logical_axes: dict
+
+    @classmethod
+    def create(cls, cfg: DecoderConfig) -> "ModelSpec":
+        abstract_model = nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(0)))
+        graphdef, template = nnx.split(abstract_model)
+        axes = jax.tree.map(lambda v: v.get_metadata()["logical_axes"], template,
+                            is_leaf=_is_variable)
+        return cls(cfg, graphdef, template, nnx.to_pure_dict(axes))
+
+    def init_params(self, seed: int) -> dict:
+        return nnx.to_pure_dict(nnx.state(Decoder(self.cfg, nnx.Rngs(seed))))
+
+    def bind(self, params: dict) -> Decoder:
+        state = jax.tree.map(lambda v: v, self.template, is_leaf=_is_variable)
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(self.graphdef, state)
+
+    def logits(self, params: dict, batch: dict) -> jax.Array:
+        return self.bind(params)(batch["decoder_input_tokens"], batch["decoder_positions"],
+                                 batch["decoder_segment_ids"])
+
+
+def new_state(spec: ModelSpec, optimizer: optax.GradientTransformation, params: dict) -> dict:
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": optimizer.init(params)}
+
+
+def state_shardings(spec: ModelSpec, optimizer, mesh: Mesh, param_rules):
+    """(abstract state, shardings); optimizer shardings are derived from the params'."""
+    abstract = jax.eval_shape(lambda: new_state(spec, optimizer, spec.init_params(0)))
+    params = abstract["params"]
+    param_sharding = partitioning.tree_shardings(spec.logical_axes, params, mesh, param_rules)
+    replicated = partitioning.replicated(mesh)
+
+    def like_param(leaf, sharding, param):
+        return sharding if getattr(leaf, "shape", None) == param.shape else replicated
+
+    opt_sharding = optax.tree_map_params(
+        optimizer, like_param, abstract["opt_state"], param_sharding, params,
+        transform_non_params=lambda _: replicated)
+    shardings = {"step": replicated, "params": param_sharding, "opt_state": opt_sharding}
+    return abstract, shardings
+
+
+def init_state(spec: ModelSpec, optimizer, shardings, seed: int, params=None) -> dict:
+    """A fresh state, created directly in its shardings (or around given params)."""
+    if params is None:
+        create = lambda: new_state(spec, optimizer, spec.init_params(seed))  # noqa: E731
+        return jax.jit(create, out_shardings=shardings)()
+    return jax.jit(lambda p: new_state(spec, optimizer, p), out_shardings=shardings)(params)

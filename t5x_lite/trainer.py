@@ -1,0 +1,189 @@
+"""The pretraining loop: restore or init, then steps, metrics, eval and checkpoints."""
+
+import dataclasses
+import os
+import time
+
+import gin
+import jax
+import numpy as np
+
+from t5x_lite import metrics as metrics_lib
+from t5x_lite import optim, partitioning, steps
+from t5x_lite.checkpointing import CheckpointConfig, Checkpointer, restore_params
+from t5x_lite.errors import ConfigError
+from t5x_lite.models.config import DecoderConfig
+from t5x_lite.train_state import ModelSpec, init_state, state_shardings
+
+
+@dataclasses.dataclass
+class Run:
+    """What the loop needs, built once from the config."""
+
+    spec: ModelSpec
+    mesh: jax.sharding.Mesh
+    shardings: dict
+    batch_sharding: jax.sharding.NamedSharding
+    checkpointer: Checkpointer
+    writer: metrics_lib.MetricsWriter | None = None
+
+
+def _global_batch(local_batch: dict, sharding) -> dict:
+    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+            for key, value in local_batch.items()}
+
+
+def _restore_or_init(run: Run, optimizer, abstract, seed: int, initial_checkpoint_path):
+    """(state, data position): latest in MODEL_DIR, else the initial checkpoint, else init."""
+    latest = run.checkpointer.latest_step()
+    if latest is not None:
+        state, meta = run.checkpointer.restore(latest, abstract, run.shardings)
+        return state, int(meta["data_position"]), f"restored step {latest}"
+    if initial_checkpoint_path:
+        params = restore_params(initial_checkpoint_path, abstract["params"],
+                                run.shardings["params"])
+        state = init_state(run.spec, optimizer, run.shardings, seed, params=params)
+        return state, 0, f"initialized params from {initial_checkpoint_path}"
+    return init_state(run.spec, optimizer, run.shardings, seed), 0, "initialized from scratch"
+
+
+def _evaluate(eval_step, params, eval_batches) -> float:
+    loss_sum, weight_sum = 0.0, 0.0
+    for batch in eval_batches:
+        batch_loss, batch_weight = jax.device_get(eval_step(params, batch))
+        loss_sum, weight_sum = loss_sum + float(batch_loss), weight_sum + float(batch_weight)
+    return loss_sum / max(weight_sum, 1.0)
+
+
+def _meta(cfg: DecoderConfig, data_position: int) -> dict:
+    return {"data_position": data_position, "scan_layers": cfg.scan_layers,
+            "model_config": dataclasses.asdict(cfg), "gin_config": gin.config_str()}
+
+
+@gin.configurable
+def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
+          model_config: DecoderConfig = gin.REQUIRED, data=gin.REQUIRED,
+          mesh_shape=(-1, 1, 1), initial_checkpoint_path: str | None = None, seed: int = 0,
+          num_microbatches: int = 1, log_every: int = 10, eval_every: int | None = None,
+          eval_steps: int = 10, checkpoint: CheckpointConfig = CheckpointConfig(),
+          peak_flops_per_device: float | None = None) -> dict:
+    """Trains until `train_steps`; returns the last logged metrics."""
+    from t5x_lite import input_pipeline  # TensorFlow loads only on the data path.
+
+    model_dir = os.path.abspath(model_dir)
+    vocab = input_pipeline.output_vocabulary(data.mixture_or_task_name)
+    cfg = model_config.with_vocab(vocab.vocab_size)
+    mesh = partitioning.create_mesh(mesh_shape)
+    param_rules, activation_rules = partitioning.axis_rules()
+    schedule = optim.create_schedule()
+    optimizer = optim.create_optimizer(schedule)
+    spec = ModelSpec.create(cfg)
+    abstract, shardings = state_shardings(spec, optimizer, mesh, param_rules)
+    seq_len = data.task_feature_lengths["targets"]
+    batch_sharding = partitioning.named_sharding(
+        ("batch", "length"), (data.global_batch_size, seq_len), mesh, activation_rules)
+    run = Run(spec, mesh, shardings, batch_sharding, Checkpointer(model_dir, checkpoint))
+    _write_config(model_dir)
+
+    with partitioning.activation_sharding(mesh, activation_rules):
+        state, position, origin = _restore_or_init(run, optimizer, abstract, seed,
+                                                   initial_checkpoint_path)
+        train_step = steps.make_train_step(spec, optimizer, schedule, shardings,
+                                           batch_sharding, num_microbatches)
+        eval_step = steps.make_eval_step(spec, shardings["params"], batch_sharding)
+        start_step = int(jax.device_get(state["step"]))
+        run.writer = metrics_lib.MetricsWriter(model_dir, train_steps, start_step)
+        run.writer.message(f"{origin}; {_param_count(abstract['params']):,} params; "
+                           f"mesh {dict(mesh.shape)}; data position {position}")
+        context = _LoopContext(
+            train_step=train_step, eval_step=eval_step, train_steps=train_steps,
+            log_every=log_every, eval_every=eval_every,
+            tokens_per_step=data.global_batch_size * seq_len,
+            flops_per_token=metrics_lib.train_flops_per_token(cfg, seq_len),
+            peak_flops=metrics_lib.total_peak_flops(peak_flops_per_device))
+        batches = input_pipeline.train_batches(data, position, jax.process_index(),
+                                               jax.process_count())
+        eval_batches = [_global_batch(b, batch_sharding) for b in input_pipeline.eval_batches(
+            data, eval_steps, jax.process_index(), jax.process_count())] if eval_every else []
+        try:
+            return _loop(run, context, state, position, batches, eval_batches)
+        finally:
+            run.checkpointer.wait()
+            run.checkpointer.close()
+            run.writer.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoopContext:
+    train_step: object
+    eval_step: object
+    train_steps: int
+    log_every: int
+    eval_every: int | None
+    tokens_per_step: int
+    flops_per_token: float
+    peak_flops: float
+
+
+def _loop(run: Run, ctx: _LoopContext, state, position: int, batches, eval_batches) -> dict:
+    """Dispatches step N+1 before reading step N's metrics, so the host never stalls."""
+    step = int(jax.device_get(state["step"]))
+    meter = _Throughput(step, ctx.tokens_per_step)
+    pending, logged = None, {}
+    while step < ctx.train_steps:
+        batch = _global_batch(next(batches), run.batch_sharding)
+        state, step_metrics = ctx.train_step(state, batch)
+        step, position = step + 1, position + 1
+        if pending is not None and _should_log(pending[0], ctx):
+            logged = _log(run, ctx, *pending, meter)
+        pending = (step, step_metrics)
+        if ctx.eval_every and (step % ctx.eval_every == 0 or step == ctx.train_steps):
+            eval_loss = _evaluate(ctx.eval_step, state["params"], eval_batches)
+            run.writer.write(step, {"eval_loss": eval_loss})
+            run.writer.message(f"step {step}: eval_loss {eval_loss:.4f}")
+        run.checkpointer.save(step, state, _meta(run.spec.cfg, position),
+                              force=step == ctx.train_steps)
+    if pending is not None:
+        logged = _log(run, ctx, *pending, meter)
+    return logged
+
+
+def _should_log(step: int, ctx: _LoopContext) -> bool:
+    return step == 1 or step % ctx.log_every == 0
+
+
+class _Throughput:
+    """Tokens per second between consecutive logged steps."""
+
+    def __init__(self, step: int, tokens_per_step: int):
+        self.step, self.time, self.tokens_per_step = step, time.perf_counter(), tokens_per_step
+
+    def tokens_per_second(self, step: int) -> float:
+        now = time.perf_counter()
+        rate = (step - self.step) * self.tokens_per_step / max(now - self.time, 1e-9)
+        self.step, self.time = step, now
+        return rate
+
+
+def _log(run: Run, ctx: _LoopContext, step: int, step_metrics, meter: _Throughput) -> dict:
+    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    tokens_per_second = meter.tokens_per_second(step)
+    scalars = {"loss": values["loss"], "learning_rate": values["learning_rate"],
+               "grad_norm": values["grad_norm"], "z_loss": values["z_loss"],
+               "tokens_per_second": tokens_per_second,
+               "mfu": tokens_per_second * ctx.flops_per_token / ctx.peak_flops}
+    run.writer.write(step, scalars)
+    run.writer.progress(step, scalars)
+    return {"step": step, **scalars}
+
+
+def _param_count(abstract_params) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(abstract_params))
+
+
+def _write_config(model_dir: str) -> None:
+    if jax.process_index() != 0:
+        return
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+        f.write(gin.config_str())
