@@ -75,7 +75,8 @@ class Checkpointer:
     def restore(self, step: int, abstract_state, shardings):
         """(state, meta) of `step`, placed with `shardings`."""
         saved = self.manager.item_metadata(step)["state"]
-        check_shapes(saved, abstract_state, f"{self.directory}/{step}")
+        saved = getattr(saved, "tree", saved)
+        check_shapes(saved["params"], abstract_state["params"], f"{self.directory}/{step}")
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(with_shardings(abstract_state, shardings)),
             meta=ocp.args.JsonRestore())
@@ -112,7 +113,7 @@ def restore_params(path: str, abstract_params, shardings):
     state_dir = os.path.join(directory, str(step), "state")
     checkpointer = ocp.PyTreeCheckpointer()
     saved = checkpointer.metadata(state_dir).item_metadata.tree
-    check_shapes({"params": saved["params"]}, {"params": abstract_params}, state_dir)
+    check_shapes(saved["params"], abstract_params, state_dir)
     target = {"params": with_shardings(abstract_params, shardings)}
     restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
