@@ -57,17 +57,22 @@ class Checkpointer:
 
     def __init__(self, model_dir: str, cfg: CheckpointConfig):
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=cfg.save_every, max_to_keep=cfg.keep,
+            save_interval_steps=1, max_to_keep=cfg.keep,
             keep_period=cfg.keep_every, enable_async_checkpointing=cfg.async_save,
             cleanup_tmp_directories=True)
+        self.save_every = cfg.save_every
         self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "meta"))
+                                             item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, state, meta: dict, force: bool = False) -> bool:
+        """Saves every `save_every` steps, or now with `force`; True if a save started."""
+        if not force and step % self.save_every:
+            return False
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   meta=ocp.args.JsonSave(meta))
         return self.manager.save(step, args=args, force=force)

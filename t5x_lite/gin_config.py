@@ -1,10 +1,10 @@
 """Gin parsing for the CLI: the installed gin/ folder on the search path,
 T5X-style `--gin.KEY=VALUE` flags, and errors turned into one clear line."""
 
-import importlib.resources
 import os
 
 import gin
+from absl import logging
 
 from t5x_lite.errors import ConfigError
 
@@ -12,7 +12,13 @@ REQUIRED_MACROS = ("MODEL_DIR", "TRAIN_STEPS")
 
 
 def installed_gin_dir() -> str:
-    return str(importlib.resources.files("t5x_lite.gin"))
+    """The gin/ folder: inside the installed package, or beside it in a source checkout."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(package_dir, "gin"),
+                      os.path.join(os.path.dirname(package_dir), "gin")):
+        if os.path.isfile(os.path.join(candidate, "quickstart.gin")):
+            return candidate
+    raise ConfigError(f"the gin/ configs are missing beside {package_dir}; reinstall t5x_lite.")
 
 
 def rewrite_gin_args(argv: list[str]) -> list[str]:
@@ -35,14 +41,17 @@ def parse(gin_files: list[str], bindings: list[str], search_paths: list[str] = (
     """Parses files then bindings; a missing file or bad binding raises ConfigError."""
     for path in [os.getcwd(), *search_paths, installed_gin_dir()]:
         gin.add_config_file_search_path(path)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.FATAL)  # gin logs every search-path miss as an error
     try:
         gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=False)
     except OSError as error:
         raise ConfigError(f"gin file not found: {_one_line(error)} Check --gin_file; "
                           f"installed configs live in {installed_gin_dir()}.") from None
-    except (ValueError, SyntaxError, gin.config_parser.ParseError if hasattr(
-            gin, "config_parser") else ValueError) as error:
+    except (ValueError, SyntaxError) as error:
         raise ConfigError(f"bad gin config: {_one_line(error)}") from None
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 def check_required_macros(macros=REQUIRED_MACROS) -> None:

@@ -53,7 +53,9 @@ def _main(argv: list[str]) -> None:
     try:
         COMMANDS[command]()
     except ConfigError as error:
-        print(f"t5x_lite {command}: error: {error}", file=sys.stderr)
+        # Gin appends "In call to configurable ..." lines; the first line is the message.
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"t5x_lite {command}: error: {message}", file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -89,7 +90,7 @@ class MetricsWriter:
 
     def message(self, text: str) -> None:
         if self.enabled:
-            tqdm.tqdm.write(text)
+            tqdm.tqdm.write(text, file=sys.stderr)
 
     def close(self) -> None:
         if self.enabled:

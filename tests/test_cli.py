@@ -1,0 +1,80 @@
+"""The command line: the quickstart trains, and bad input ends in one clear line."""
+
+import os
+
+import pytest
+
+from tests.cli import losses_by_step, read_metrics, run_cli, train_command
+
+
+def _assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("t5x_lite train: error:"), last_line
+    for fragment in fragments:
+        assert fragment in last_line, last_line
+
+
+@pytest.fixture(scope="module")
+def quickstart_dir(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("quickstart")
+    result = run_cli(train_command(model_dir, 40, "--gin.CheckpointConfig.save_every=20",
+                                   "--gin.train.eval_every=20"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir
+
+
+def test_quickstart_loss_falls(quickstart_dir):
+    losses = losses_by_step(quickstart_dir)
+    assert sorted(losses) == list(range(1, 41))
+    first, last = losses[1][0], sum(losses[s][0] for s in range(36, 41)) / 5
+    assert last < first - 1.0, (first, last)
+
+
+def test_run_writes_its_records(quickstart_dir):
+    records = read_metrics(quickstart_dir)
+    train_record = next(r for r in records if "loss" in r)
+    for key in ("step", "loss", "learning_rate", "grad_norm", "tokens_per_second", "mfu"):
+        assert key in train_record
+    assert train_record["mfu"] > 0
+    eval_steps = [r["step"] for r in records if "eval_loss" in r]
+    assert eval_steps == [20, 40]
+    assert os.listdir(quickstart_dir / "tensorboard")
+    assert "DecoderConfig.num_layers = 4" in (quickstart_dir / "config.gin").read_text()
+    assert sorted(os.listdir(quickstart_dir / "checkpoints" )) == ["20", "40"]
+
+
+def test_finished_run_restarts_without_training(quickstart_dir):
+    result = run_cli(train_command(quickstart_dir, 40))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "restored step 40" in result.stderr
+
+
+def test_checkpoint_shape_mismatch(quickstart_dir):
+    result = run_cli(train_command(quickstart_dir, 41, "--gin.DecoderConfig.mlp_dim=512"))
+    _assert_one_line_error(result, "does not match the model", "(4, 384, 128)",
+                           "(4, 512, 128)")
+
+
+def test_missing_required_macro(tmp_path):
+    result = run_cli(train_command(tmp_path, 5)[:-2] + ["--gin.TRAIN_STEPS=5"])
+    _assert_one_line_error(result, "MODEL_DIR", "is not set")
+
+
+def test_misspelt_binding(tmp_path):
+    result = run_cli(train_command(tmp_path, 5, "--gin.train.modle_dir='/x'"))
+    _assert_one_line_error(result, "modle_dir")
+
+
+def test_missing_gin_file(tmp_path):
+    result = run_cli(train_command(tmp_path, 5, "--gin_file=no_such_config.gin"))
+    _assert_one_line_error(result, "no_such_config.gin", "not found")
+    assert not os.listdir(tmp_path)
+
+
+def test_unknown_command():
+    import sys
+    result = run_cli([sys.executable, "-m", "t5x_lite", "trian"])
+    assert result.returncode == 2
+    assert "usage: t5x_lite" in result.stderr
