@@ -12,6 +12,7 @@ CORE_REQUIREMENTS = [
     "tensorflow-text>=2.19,<2.22",
     "tensorflow-datasets>=4.9.9,<4.10",
     "importlib_resources>=6.0",
+    "etils[epath]>=1.5",
     "ml-collections>=1.0,<2",
     "gin-config>=0.5,<0.6",
     "sentencepiece>=0.2,<0.3",
@@ -27,7 +28,7 @@ setuptools.setup(
     description="Sharded decoder-only pretraining in JAX: gin configs, seqio data, orbax checkpoints.",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["t5x_lite", "t5x_lite.*"])
-    + ["t5x_lite.gin", "t5x_lite.data"],
+    + ["t5x_lite.gin", "t5x_lite.data", "t5x_lite.data.embedded_corpus"],
     package_dir={"t5x_lite.gin": "gin", "t5x_lite.data": "data"},
     package_data={"t5x_lite.gin": ["*.gin", "*/*.gin", "*/*/*.gin"]},
     include_package_data=False,

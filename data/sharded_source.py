@@ -1,0 +1,47 @@
+"""A seqio DataSource that shards examples first and shuffles each shard after.
+
+seqio shards a source with fewer files than shards by reading it (shuffled with the
+shard's seed) and keeping every S-th example, so shards read in different orders
+can overlap. This source reads each split in one fixed order, keeps every S-th
+example for shard s, caches that slice in memory and only then shuffles it with
+the shard's seed, afresh each epoch. It suits the small local datasets here.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+
+import seqio
+import tensorflow as tf
+
+EXAMPLE_SHUFFLE_BUFFER_SIZE = 16_384
+
+
+class ShardFirstSource(seqio.DataSource):
+    """Examples from `read_split(split)`, a dataset in a fixed order."""
+
+    def __init__(self, read_split: Callable[[str], tf.data.Dataset], splits: Sequence[str]):
+        self._read_split = read_split
+        super().__init__(splits=tuple(splits))
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return True
+
+    def list_shards(self, split: str) -> Sequence[str]:
+        return [split]
+
+    def num_input_examples(self, split: str) -> None:
+        return None  # Keeps seqio from caching (and so freezing) the shuffled order.
+
+    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
+                    shard_info: seqio.ShardInfo | None = None, *,
+                    sequence_length: Mapping[str, int] | None = None, use_cached: bool = False,
+                    num_epochs: int | None = 1) -> tf.data.Dataset:
+        del sequence_length, use_cached, num_epochs  # Unused, as in seqio's sources.
+        dataset = self._read_split(split)
+        if shard_info:
+            dataset = dataset.shard(shard_info.num_shards, shard_info.index)
+        dataset = dataset.cache()
+        if shuffle:
+            dataset = dataset.shuffle(EXAMPLE_SHUFFLE_BUFFER_SIZE, seed=seed,
+                                      reshuffle_each_iteration=True)
+        return dataset

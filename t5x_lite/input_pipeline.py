@@ -1,0 +1,186 @@
+"""The batches the trainer reads: seqio Tasks packed, sharded and resumable.
+
+The global stream is made of S = `num_data_shards` shard pipelines. Shard s reads
+the s-th of S slices of the data, shuffles it with a seed derived from (seed, s),
+repeats it forever, packs it and batches it to B / S rows. Rows
+[s * B / S, (s + 1) * B / S) of global batch i are batch i of shard s. Process p of
+P reads only shards s with s // (S / P) == p, so the global batch is a pure function
+of (seed, position) and is the same for every P that divides S.
+"""
+
+from collections.abc import Iterator, Mapping
+import dataclasses
+import hashlib
+import itertools
+
+import gin
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from t5x_lite import data  # Registers the built-in Tasks; hides accelerators from TF.
+
+data.hide_accelerators_from_tensorflow()
+
+MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+                  "decoder_segment_ids", "decoder_positions")
+_EVAL_SEED = 0  # Eval data does not depend on the training seed.
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data, how long, how many rows, and how the stream is laid out."""
+
+    mixture_or_task_name: str
+    task_feature_lengths: Mapping[str, int]   # e.g. {'targets': 256}
+    global_batch_size: int
+    seed: int = 0
+    pack: bool = True
+    shuffle: bool = True
+    num_data_shards: int | None = None   # None -> jax.process_count()
+    eval_split: str = "validation"
+
+    @property
+    def shard_count(self) -> int:
+        return self.num_data_shards or jax.process_count()
+
+
+def output_vocabulary(mixture_or_task_name: str) -> seqio.Vocabulary:
+    """The vocabulary of the 'targets' feature."""
+    return _provider(mixture_or_task_name).output_features["targets"].vocabulary
+
+
+def train_batches(cfg: DataConfig, start_position: int, process_index: int,
+                  process_count: int) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of global batches `start_position`, `start_position + 1`, ..."""
+    shards = _owned_shards(cfg, process_index, process_count)
+    _check_split(cfg, "train", cfg.shuffle)
+    if start_position < 0:
+        raise ValueError(f"start_position={start_position}: the data position cannot be negative.")
+    datasets = [_shard_batches(cfg, shard, "train", cfg.shuffle, _shard_seed(cfg.seed, shard))
+                .skip(start_position) for shard in shards]
+    return _process_rows(datasets, shards, cfg, "train")
+
+
+def eval_batches(cfg: DataConfig, num_batches: int, process_index: int,
+                 process_count: int) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of the first `num_batches` global batches of the eval split."""
+    shards = _owned_shards(cfg, process_index, process_count)
+    _check_split(cfg, cfg.eval_split, shuffle=False)
+    datasets = [_shard_batches(cfg, shard, cfg.eval_split, False, _shard_seed(_EVAL_SEED, shard))
+                .take(num_batches) for shard in shards]
+    return _process_rows(datasets, shards, cfg, cfg.eval_split)
+
+
+def _provider(name: str) -> seqio.DatasetProviderBase:
+    try:
+        return seqio.get_mixture_or_task(name)
+    except ValueError:
+        raise ValueError(f"No seqio Task or Mixture named '{name}'; registered: "
+                         f"{sorted(seqio.TaskRegistry.names())} and mixtures "
+                         f"{sorted(seqio.MixtureRegistry.names())}.") from None
+
+
+def _tasks(name: str) -> list[seqio.Task]:
+    provider = _provider(name)
+    return provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+
+
+def _owned_shards(cfg: DataConfig, process_index: int, process_count: int) -> list[int]:
+    """The shards process `process_index` reads, in global row order."""
+    shard_count, batch_size = cfg.shard_count, cfg.global_batch_size
+    if shard_count < 1 or process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"Bad data layout: {shard_count} data shards, process {process_index} "
+                         f"of {process_count}; all must be positive and the index below the count.")
+    if shard_count % process_count:
+        raise ValueError(f"num_data_shards={shard_count} is not a multiple of the "
+                         f"{process_count} processes: set DataConfig.num_data_shards to one.")
+    if batch_size % shard_count:
+        raise ValueError(f"global_batch_size={batch_size} is not divisible by "
+                         f"num_data_shards={shard_count}: change one of them.")
+    per_process = shard_count // process_count
+    return list(range(process_index * per_process, (process_index + 1) * per_process))
+
+
+def _check_split(cfg: DataConfig, split: str, shuffle: bool) -> None:
+    """The split must exist, and each source must shard the same way for every shard."""
+    tasks = _tasks(cfg.mixture_or_task_name)
+    if not any(split in task.splits for task in tasks):
+        raise ValueError(f"'{cfg.mixture_or_task_name}' has no '{split}' split (it has "
+                         f"{sorted({s for task in tasks for s in task.splits})}); choose another "
+                         "DataConfig.eval_split or give the Task that split.")
+    for task in tasks:
+        if split in task.splits and shuffle and _shards_examples_of_shuffled_files(task, split,
+                                                                                   cfg.shard_count):
+            raise ValueError(f"Task '{task.name}' split '{split}' has "
+                             f"{len(task.source.list_shards(split))} files, fewer than the "
+                             f"{cfg.shard_count} data shards: set num_data_shards to at most "
+                             "the number of files, or to 1.")
+
+
+def _shards_examples_of_shuffled_files(task: seqio.Task, split: str, shard_count: int) -> bool:
+    """True if seqio would shard examples of several files read in a per-shard order."""
+    source = task.source
+    if source.supports_arbitrary_sharding:
+        return False
+    return 1 < len(source.list_shards(split)) < shard_count
+
+
+def _shard_seed(seed: int, shard: int) -> int:
+    digest = hashlib.sha256(f"t5x_lite data seed {seed} shard {shard}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
+
+
+def _shard_batches(cfg: DataConfig, shard: int, split: str, shuffle: bool,
+                   seed: int) -> tf.data.Dataset:
+    """Shard `shard`'s batches of B / S rows of model features, repeating forever."""
+    dataset = seqio.get_dataset(
+        cfg.mixture_or_task_name,
+        task_feature_lengths=dict(cfg.task_feature_lengths),
+        feature_converter=seqio.DecoderFeatureConverter(pack=cfg.pack),
+        dataset_split=split,
+        shuffle=shuffle,
+        num_epochs=None,
+        shard_info=seqio.ShardInfo(index=shard, num_shards=cfg.shard_count),
+        seed=seed,
+        verbose=False)
+    if not cfg.pack:
+        dataset = dataset.map(_with_unpacked_segments)
+    dataset = dataset.batch(cfg.global_batch_size // cfg.shard_count, drop_remainder=True)
+    return dataset.with_options(_deterministic_options())
+
+
+def _with_unpacked_segments(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Gives unpacked rows the segment ids and positions packed rows have."""
+    targets = features["decoder_target_tokens"]
+    return {**features,
+            "decoder_segment_ids": tf.cast(targets != 0, tf.int32),
+            "decoder_positions": tf.range(tf.size(targets), dtype=tf.int32)}
+
+
+def _deterministic_options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    return options
+
+
+def _process_rows(datasets: list[tf.data.Dataset], shards: list[int], cfg: DataConfig,
+                  split: str) -> Iterator[dict[str, np.ndarray]]:
+    """Concatenates the owned shards' batches, step by step, until one runs out."""
+    iterators = [dataset.as_numpy_iterator() for dataset in datasets]
+    for position in itertools.count():
+        batches = []
+        for shard, iterator in zip(shards, iterators):
+            batch = next(iterator, None)
+            if batch is None and position == 0:
+                raise ValueError(
+                    f"The '{split}' split of '{cfg.mixture_or_task_name}' gave no batch to data "
+                    f"shard {shard} of {cfg.shard_count}: too little data for that many shards; "
+                    "lower DataConfig.num_data_shards or add data.")
+            if batch is None:
+                return
+            batches.append(batch)
+        yield {key: np.concatenate([batch[key] for batch in batches]).astype(np.int32)
+               for key in MODEL_FEATURES}
