@@ -21,7 +21,7 @@ flags.DEFINE_string("output", None, "build-vocab: where to write the model (defa
 USAGE = "usage: t5x_lite {train,build-vocab} [flags]   (t5x_lite <command> --help for flags)"
 
 
-def _register_configurables() -> None:
+def register_configurables() -> None:
     """Imports every module that defines gin configurables, so bindings resolve."""
     from t5x_lite import checkpointing, input_pipeline, optim, partitioning, trainer  # noqa: F401
     from t5x_lite import data  # noqa: F401  (registers the built-in seqio tasks)
@@ -29,7 +29,7 @@ def _register_configurables() -> None:
 
 
 def _train() -> None:
-    _register_configurables()
+    register_configurables()
     gin_config.parse(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     gin_config.check_required_macros()
     from t5x_lite import trainer
