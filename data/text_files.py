@@ -10,12 +10,13 @@ is the validation split. Files are read when the Task is registered and must fit
 memory; larger corpora belong in a TFDS dataset.
 """
 
-from collections.abc import Sequence
 import json
 import pathlib
+from collections.abc import Sequence
+
+import tensorflow as tf
 
 import gin
-import tensorflow as tf
 
 from .lm_task import register_lm_task
 from .sharded_source import ShardFirstSource

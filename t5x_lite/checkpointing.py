@@ -8,10 +8,10 @@ position, layer layout, model config, operative gin config).
 import dataclasses
 import os
 
-import gin
 import jax
 import orbax.checkpoint as ocp
 
+import gin
 from t5x_lite.errors import ConfigError
 
 

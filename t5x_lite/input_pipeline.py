@@ -8,17 +8,17 @@ P reads only shards s with s // (S / P) == p, so the global batch is a pure func
 of (seed, position) and is the same for every P that divides S.
 """
 
-from collections.abc import Iterator, Mapping
 import dataclasses
 import hashlib
 import itertools
+from collections.abc import Iterator, Mapping
 
-import gin
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
+import gin
 from t5x_lite import data  # Registers the built-in Tasks; hides accelerators from TF.
 
 data.hide_accelerators_from_tensorflow()

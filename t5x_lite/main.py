@@ -23,8 +23,9 @@ USAGE = "usage: t5x_lite {train,build-vocab} [flags]   (t5x_lite <command> --hel
 
 def register_configurables() -> None:
     """Imports every module that defines gin configurables, so bindings resolve."""
-    from t5x_lite import checkpointing, input_pipeline, optim, partitioning, trainer  # noqa: F401
-    from t5x_lite import data  # noqa: F401  (registers the built-in seqio tasks)
+    # `data` registers the built-in seqio Tasks and Mixtures as it loads.
+    from t5x_lite import checkpointing, data, input_pipeline, optim, partitioning  # noqa: F401
+    from t5x_lite import trainer  # noqa: F401
     from t5x_lite.models import config  # noqa: F401
 
 

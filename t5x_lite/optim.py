@@ -2,9 +2,10 @@
 
 from collections.abc import Sequence
 
-import gin
 import jax
 import optax
+
+import gin
 
 SCHEDULES = ("cosine", "linear", "rsqrt", "constant")
 

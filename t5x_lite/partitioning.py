@@ -12,11 +12,11 @@ import contextvars
 import math
 from collections.abc import Sequence
 
-import gin
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+import gin
 from t5x_lite.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -55,7 +55,8 @@ def axis_rules(param_rules: Rules = DEFAULT_PARAM_RULES,
 def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
     """Replaces a single -1 in `mesh_shape` by the devices left over."""
     if len(mesh_shape) != len(MESH_AXES):
-        raise ConfigError(f"MESH_SHAPE={tuple(mesh_shape)} must have 3 entries (data, fsdp, tensor).")
+        raise ConfigError(
+            f"MESH_SHAPE={tuple(mesh_shape)} must have 3 entries (data, fsdp, tensor).")
     if list(mesh_shape).count(-1) > 1:
         raise ConfigError(f"MESH_SHAPE={tuple(mesh_shape)} may hold at most one -1.")
     known = math.prod(d for d in mesh_shape if d != -1)

@@ -4,14 +4,13 @@ import dataclasses
 import os
 import time
 
-import gin
 import jax
 import numpy as np
 
+import gin
 from t5x_lite import metrics as metrics_lib
 from t5x_lite import optim, partitioning, steps
 from t5x_lite.checkpointing import CheckpointConfig, Checkpointer, restore_params
-from t5x_lite.errors import ConfigError
 from t5x_lite.models.config import DecoderConfig
 from t5x_lite.train_state import ModelSpec, init_state, state_shardings
 

@@ -11,8 +11,8 @@ import os
 import pathlib
 import time
 
-import seqio
 import sentencepiece as spm
+import seqio
 
 DEFAULT_SPM_VOCAB_SIZE = 8192
 # Enough lines to learn the merges, few enough to train in seconds on two cores.

@@ -11,10 +11,11 @@ from tests.cli import cli_env, losses_by_step, run_cli, train_command
 
 STEPS = 14
 MESH = "--gin.MESH_SHAPE=(2, 2, 1)"
+SAVE_EVERY = "--gin.CheckpointConfig.save_every=4"
 
 
 def _start_and_kill_after(model_dir, kill_after_step: int):
-    process = subprocess.Popen(train_command(model_dir, STEPS, MESH, "--gin.CheckpointConfig.save_every=4"),
+    process = subprocess.Popen(train_command(model_dir, STEPS, MESH, SAVE_EVERY),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=cli_env(4))
     metrics = os.path.join(model_dir, "metrics.jsonl")
@@ -30,15 +31,13 @@ def _start_and_kill_after(model_dir, kill_after_step: int):
 
 def test_sigkill_then_restart_replays_identical_losses(tmp_path):
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
-    result = run_cli(train_command(reference_dir, STEPS, MESH,
-                                   "--gin.CheckpointConfig.save_every=4"), num_devices=4)
+    result = run_cli(train_command(reference_dir, STEPS, MESH, SAVE_EVERY), num_devices=4)
     assert result.returncode == 0, result.stderr[-3000:]
     reference = losses_by_step(reference_dir)
 
     _start_and_kill_after(resumed_dir, kill_after_step=int(np.random.default_rng().integers(5, 10)))
     killed_at = max(losses_by_step(resumed_dir))
-    result = run_cli(train_command(resumed_dir, STEPS, MESH,
-                                   "--gin.CheckpointConfig.save_every=4"), num_devices=4)
+    result = run_cli(train_command(resumed_dir, STEPS, MESH, SAVE_EVERY), num_devices=4)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = losses_by_step(resumed_dir)
 

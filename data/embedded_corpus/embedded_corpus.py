@@ -3,8 +3,8 @@
 import pathlib
 import sys
 
-from etils import epath
 import tensorflow_datasets as tfds
+from etils import epath
 
 from . import documents
 

@@ -6,7 +6,7 @@ import time
 import tensorflow_datasets as tfds
 
 from .. import cache
-from .embedded_corpus import EmbeddedCorpus, INTERPRETER_CONFIG
+from .embedded_corpus import INTERPRETER_CONFIG, EmbeddedCorpus
 
 _NAME = f"{EmbeddedCorpus.name}/{INTERPRETER_CONFIG}:{EmbeddedCorpus.VERSION}"
 

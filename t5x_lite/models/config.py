@@ -2,8 +2,9 @@
 
 import dataclasses
 
-import gin
 import jax
+
+import gin
 
 REMAT_POLICIES = {
     "none": None,

@@ -23,7 +23,8 @@ def _stacked_blocks(cfg: DecoderConfig, rngs: nnx.Rngs) -> DecoderBlock:
     blocks = make(rngs)
     for _, variable in nnx.iter_graph(blocks):
         if isinstance(variable, nnx.Param):
-            variable.set_metadata(logical_axes=("layers",) + variable.get_metadata()["logical_axes"])
+            axes = variable.get_metadata()["logical_axes"]
+            variable.set_metadata(logical_axes=("layers", *axes))
     return blocks
 
 
@@ -60,9 +61,10 @@ class Decoder(nnx.Module):
         return constrain(logits_BTV.astype(jnp.float32), ("batch", "length", "vocab"))
 
     def _remat(self, fn):
-        policy = REMAT_POLICIES[self.cfg.remat_policy]
+        """`fn` (a block or the scan body) under the configured rematerialization policy."""
         if self.cfg.remat_policy == "none":
             return fn
+        policy = REMAT_POLICIES[self.cfg.remat_policy]
         return nnx.remat(fn, policy=policy) if isinstance(fn, nnx.Module) else jax.checkpoint(
             fn, policy=policy)
 
