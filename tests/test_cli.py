@@ -57,6 +57,14 @@ def test_checkpoint_shape_mismatch(quickstart_dir):
                            "(4, 512, 128)")
 
 
+def test_initial_checkpoint_starts_a_new_run_from_trained_params(quickstart_dir, tmp_path):
+    result = run_cli(train_command(tmp_path, 2, f"--gin.INITIAL_CHECKPOINT_PATH='{quickstart_dir}'"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"initialized params from {quickstart_dir}" in result.stderr
+    fresh_first_loss = losses_by_step(quickstart_dir)[1][0]
+    assert losses_by_step(tmp_path)[1][0] < fresh_first_loss - 1.0
+
+
 def test_missing_required_macro(tmp_path):
     result = run_cli(train_command(tmp_path, 5)[:-2] + ["--gin.TRAIN_STEPS=5"])
     _assert_one_line_error(result, "MODEL_DIR", "is not set")

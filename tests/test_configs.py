@@ -1,0 +1,44 @@
+"""The shipped gin model files describe the sizes they promise."""
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+from t5x_lite import gin_config
+from t5x_lite.models.config import DecoderConfig
+from t5x_lite.train_state import ModelSpec
+
+# (file, vocabulary used for counting, smallest and largest expected parameter count)
+SIZES = [
+    ("tiny", 384, 0.8e6, 1.2e6),
+    ("small", 8192, 15e6, 30e6),
+    ("base", 32000, 110e6, 140e6),
+    ("1b", 32000, 1.0e9, 1.3e9),
+    ("7b", 32000, 6.6e9, 6.9e9),
+]
+
+
+def _model_config(size: str) -> DecoderConfig:
+    gin.clear_config()
+    gin_config.parse([f"models/decoder/{size}.gin"], [])
+    try:
+        return DecoderConfig()
+    finally:
+        gin.clear_config()
+
+
+@pytest.mark.parametrize("size,vocab,smallest,largest", SIZES)
+def test_model_sizes(size, vocab, smallest, largest):
+    cfg = _model_config(size).with_vocab(vocab)
+    spec = ModelSpec.create(cfg)
+    params = jax.eval_shape(lambda: spec.init_params(0))
+    count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
+    assert smallest <= count <= largest, f"{size}: {count:,} params"
+
+
+def test_7b_has_the_llama_2_shape():
+    cfg = _model_config("7b")
+    assert (cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim,
+            cfg.vocab_size) == (32, 4096, 32, 128, 11008, 32000)
+    assert not cfg.tie_embeddings
