@@ -82,11 +82,11 @@ class MetricsWriter:
     def progress(self, step: int, scalars: dict) -> None:
         if not self.enabled:
             return
-        self.bar.update(step - self.bar.n)
         shown = {"loss": f"{scalars['loss']:.4f}",
                  "tok/s": f"{scalars['tokens_per_second']:,.0f}",
                  "mfu": f"{100 * scalars['mfu']:.2f}%"}
         self.bar.set_postfix(shown, refresh=False)
+        self.bar.update(step - self.bar.n)
 
     def message(self, text: str) -> None:
         if self.enabled:

@@ -1,5 +1,6 @@
 """The pretraining loop: restore or init, then steps, metrics, eval and checkpoints."""
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -136,12 +137,13 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, batches, eval_batch
         if pending is not None and _should_log(pending[0], ctx):
             logged = _log(run, ctx, *pending, meter)
         pending = (step, step_metrics)
-        if ctx.eval_every and (step % ctx.eval_every == 0 or step == ctx.train_steps):
-            eval_loss = _evaluate(ctx.eval_step, state["params"], eval_batches)
-            run.writer.write(step, {"eval_loss": eval_loss})
-            run.writer.message(f"step {step}: eval_loss {eval_loss:.4f}")
-        run.checkpointer.save(step, state, _meta(run.spec.cfg, position),
-                              force=step == ctx.train_steps)
+        with meter.excluded():
+            if ctx.eval_every and (step % ctx.eval_every == 0 or step == ctx.train_steps):
+                eval_loss = _evaluate(ctx.eval_step, state["params"], eval_batches)
+                run.writer.write(step, {"eval_loss": eval_loss})
+                run.writer.message(f"step {step}: eval_loss {eval_loss:.4f}")
+            run.checkpointer.save(step, state, _meta(run.spec.cfg, position),
+                                  force=step == ctx.train_steps)
     if pending is not None:
         logged = _log(run, ctx, *pending, meter)
     return logged
@@ -152,15 +154,26 @@ def _should_log(step: int, ctx: _LoopContext) -> bool:
 
 
 class _Throughput:
-    """Tokens per second between consecutive logged steps."""
+    """Tokens per second of training between consecutive logged steps; time spent
+    in `excluded()` blocks (evaluation, checkpoint saves) does not count."""
 
     def __init__(self, step: int, tokens_per_step: int):
         self.step, self.time, self.tokens_per_step = step, time.perf_counter(), tokens_per_step
+        self.excluded_seconds = 0.0
+
+    @contextlib.contextmanager
+    def excluded(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded_seconds += time.perf_counter() - start
 
     def tokens_per_second(self, step: int) -> float:
         now = time.perf_counter()
-        rate = (step - self.step) * self.tokens_per_step / max(now - self.time, 1e-9)
-        self.step, self.time = step, now
+        seconds = max(now - self.time - self.excluded_seconds, 1e-9)
+        rate = (step - self.step) * self.tokens_per_step / seconds
+        self.step, self.time, self.excluded_seconds = step, now, 0.0
         return rate
 
 
