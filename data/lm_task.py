@@ -6,6 +6,7 @@ import seqio
 import tensorflow as tf
 
 from t5x_lite import vocabularies
+from t5x_lite.errors import ConfigError
 
 from . import preprocessors
 
@@ -18,7 +19,7 @@ SHUFFLE_BUFFER_SIZE = 1_000  # Pieces; the sources already shuffle whole documen
 
 def vocabulary(name: str) -> seqio.Vocabulary:
     if name not in VOCABULARIES:
-        raise ValueError(f"Unknown vocabulary {name!r}: use one of {sorted(VOCABULARIES)}.")
+        raise ConfigError(f"Unknown vocabulary {name!r}: use one of {sorted(VOCABULARIES)}.")
     return VOCABULARIES[name]()
 
 

@@ -5,6 +5,8 @@ from collections.abc import Mapping
 import seqio
 import tensorflow as tf
 
+from t5x_lite.errors import ConfigError
+
 
 def split_to_feature_length(dataset: tf.data.Dataset,
                             sequence_length: Mapping[str, int] | None,
@@ -20,7 +22,7 @@ def split_to_feature_length(dataset: tf.data.Dataset,
     eos_room = 1 if output_features[feature_key].add_eos else 0
     piece_length = sequence_length[feature_key] - eos_room
     if piece_length < 1:
-        raise ValueError(f"Feature length {sequence_length[feature_key]} of '{feature_key}' "
+        raise ConfigError(f"Feature length {sequence_length[feature_key]} of '{feature_key}' "
                          "leaves no room for tokens: use a length of at least 2.")
 
     def to_pieces(example):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 import gin
+from t5x_lite.errors import ConfigError
 
 from .lm_task import register_lm_task
 from .sharded_source import ShardFirstSource
@@ -46,29 +47,29 @@ def text_file_task(files: Sequence[str] | str,
                                                                 "validation_files"))}
     splits = {split: texts for split, texts in splits.items() if texts}
     if "train" not in splits:
-        raise ValueError(f"text_file_task: no training text in {[str(p) for p in train_paths]}; "
+        raise ConfigError(f"text_file_task: no training text in {[str(p) for p in train_paths]}; "
                          "give non-empty files or a smaller validation_fraction.")
     return register_lm_task(name, _in_memory_source(splits), vocabulary)
 
 
 def _check_options(validation_fraction: float, file_format: str, chunk_chars: int) -> None:
     if not 0 <= validation_fraction < 1:
-        raise ValueError(f"text_file_task.validation_fraction={validation_fraction}: "
+        raise ConfigError(f"text_file_task.validation_fraction={validation_fraction}: "
                          "use a fraction in [0, 1).")
     if file_format not in FILE_FORMATS:
-        raise ValueError(f"text_file_task.file_format={file_format!r}: use one of {FILE_FORMATS}.")
+        raise ConfigError(f"text_file_task.file_format={file_format!r}: use one of {FILE_FORMATS}.")
     if chunk_chars < 1:
-        raise ValueError(f"text_file_task.chunk_chars={chunk_chars}: use a positive number.")
+        raise ConfigError(f"text_file_task.chunk_chars={chunk_chars}: use a positive number.")
 
 
 def _existing_paths(files: Sequence[str] | str, argument: str) -> list[pathlib.Path]:
     paths = [pathlib.Path(f).expanduser().resolve()
              for f in ([files] if isinstance(files, str) else files)]
     if not paths:
-        raise ValueError(f"text_file_task.{argument} is empty: give at least one file.")
+        raise ConfigError(f"text_file_task.{argument} is empty: give at least one file.")
     for path in paths:
         if not path.is_file():
-            raise ValueError(f"text_file_task: file not found: {path} (from "
+            raise ConfigError(f"text_file_task: file not found: {path} (from "
                              f"text_file_task.{argument}); give the path of an existing file.")
     return paths
 
@@ -144,7 +145,7 @@ def _read_text(path: pathlib.Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"text_file_task: {path} is not UTF-8 text (byte {error.start}); "
+        raise ConfigError(f"text_file_task: {path} is not UTF-8 text (byte {error.start}); "
                          "convert it to UTF-8.") from None
 
 
@@ -152,13 +153,13 @@ def _jsonl_field(line: str, text_key: str, where: str) -> str:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
-        raise ValueError(f"text_file_task: {where} is not valid JSON ({error.msg}); "
+        raise ConfigError(f"text_file_task: {where} is not valid JSON ({error.msg}); "
                          "each line of a .jsonl file must be one JSON object.") from None
     if not isinstance(record, dict) or text_key not in record:
-        raise ValueError(f"text_file_task: {where} has no '{text_key}' field; give every line "
+        raise ConfigError(f"text_file_task: {where} has no '{text_key}' field; give every line "
                          "one, or set text_file_task.text_key to the field holding the text.")
     if not isinstance(record[text_key], str):
-        raise ValueError(f"text_file_task: {where} field '{text_key}' is not a string.")
+        raise ConfigError(f"text_file_task: {where} field '{text_key}' is not a string.")
     return record[text_key]
 
 

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 import gin
 from t5x_lite import data  # Registers the built-in Tasks; hides accelerators from TF.
+from t5x_lite.errors import ConfigError
 
 data.hide_accelerators_from_tensorflow()
 
@@ -58,7 +59,7 @@ def train_batches(cfg: DataConfig, start_position: int, process_index: int,
     shards = _owned_shards(cfg, process_index, process_count)
     _check_split(cfg, "train", cfg.shuffle)
     if start_position < 0:
-        raise ValueError(f"start_position={start_position}: the data position cannot be negative.")
+        raise ConfigError(f"start_position={start_position}: the data position cannot be negative.")
     datasets = [_shard_batches(cfg, shard, "train", cfg.shuffle, _shard_seed(cfg.seed, shard))
                 .skip(start_position) for shard in shards]
     return _process_rows(datasets, shards, cfg, "train")
@@ -78,7 +79,7 @@ def _provider(name: str) -> seqio.DatasetProviderBase:
     try:
         return seqio.get_mixture_or_task(name)
     except ValueError:
-        raise ValueError(f"No seqio Task or Mixture named '{name}'; registered: "
+        raise ConfigError(f"No seqio Task or Mixture named '{name}'; registered: "
                          f"{sorted(seqio.TaskRegistry.names())} and mixtures "
                          f"{sorted(seqio.MixtureRegistry.names())}.") from None
 
@@ -92,13 +93,13 @@ def _owned_shards(cfg: DataConfig, process_index: int, process_count: int) -> li
     """The shards process `process_index` reads, in global row order."""
     shard_count, batch_size = cfg.shard_count, cfg.global_batch_size
     if shard_count < 1 or process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"Bad data layout: {shard_count} data shards, process {process_index} "
+        raise ConfigError(f"Bad data layout: {shard_count} data shards, process {process_index} "
                          f"of {process_count}; all must be positive and the index below the count.")
     if shard_count % process_count:
-        raise ValueError(f"num_data_shards={shard_count} is not a multiple of the "
+        raise ConfigError(f"num_data_shards={shard_count} is not a multiple of the "
                          f"{process_count} processes: set DataConfig.num_data_shards to one.")
     if batch_size % shard_count:
-        raise ValueError(f"global_batch_size={batch_size} is not divisible by "
+        raise ConfigError(f"global_batch_size={batch_size} is not divisible by "
                          f"num_data_shards={shard_count}: change one of them.")
     per_process = shard_count // process_count
     return list(range(process_index * per_process, (process_index + 1) * per_process))
@@ -108,13 +109,13 @@ def _check_split(cfg: DataConfig, split: str, shuffle: bool) -> None:
     """The split must exist, and each source must shard the same way for every shard."""
     tasks = _tasks(cfg.mixture_or_task_name)
     if not any(split in task.splits for task in tasks):
-        raise ValueError(f"'{cfg.mixture_or_task_name}' has no '{split}' split (it has "
+        raise ConfigError(f"'{cfg.mixture_or_task_name}' has no '{split}' split (it has "
                          f"{sorted({s for task in tasks for s in task.splits})}); choose another "
                          "DataConfig.eval_split or give the Task that split.")
     for task in tasks:
         if split in task.splits and shuffle and _shards_examples_of_shuffled_files(task, split,
                                                                                    cfg.shard_count):
-            raise ValueError(f"Task '{task.name}' split '{split}' has "
+            raise ConfigError(f"Task '{task.name}' split '{split}' has "
                              f"{len(task.source.list_shards(split))} files, fewer than the "
                              f"{cfg.shard_count} data shards: set num_data_shards to at most "
                              "the number of files, or to 1.")
@@ -175,7 +176,7 @@ def _process_rows(datasets: list[tf.data.Dataset], shards: list[int], cfg: DataC
         for shard, iterator in zip(shards, iterators):
             batch = next(iterator, None)
             if batch is None and position == 0:
-                raise ValueError(
+                raise ConfigError(
                     f"The '{split}' split of '{cfg.mixture_or_task_name}' gave no batch to data "
                     f"shard {shard} of {cfg.shard_count}: too little data for that many shards; "
                     "lower DataConfig.num_data_shards or add data.")

@@ -6,6 +6,7 @@ import jax
 import optax
 
 import gin
+from t5x_lite.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "rsqrt", "constant")
 
@@ -29,7 +30,7 @@ def create_schedule(kind: str = "cosine", peak_value: float = 1e-3, warmup_steps
     elif kind == "constant":
         decay = optax.constant_schedule(peak_value)
     else:
-        raise ValueError(f"create_schedule.kind={kind!r}: use one of {SCHEDULES}.")
+        raise ConfigError(f"create_schedule.kind={kind!r}: use one of {SCHEDULES}.")
     return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
@@ -54,7 +55,7 @@ def create_optimizer(schedule: optax.Schedule, name: str = "adamw", b1: float = 
         core = optax.adafactor(schedule, weight_decay_rate=weight_decay or None,
                                weight_decay_mask=mask)
     else:
-        raise ValueError(f"create_optimizer.name={name!r}: use 'adamw' or 'adafactor'.")
+        raise ConfigError(f"create_optimizer.name={name!r}: use 'adamw' or 'adafactor'.")
     if clip_norm is None:
         return core
     return optax.chain(optax.clip_by_global_norm(clip_norm), core)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding
 
+from t5x_lite.errors import ConfigError
 from t5x_lite.models.losses import cross_entropy_sums
 from t5x_lite.partitioning import constrain
 from t5x_lite.train_state import ModelSpec
@@ -27,7 +28,7 @@ def split_microbatches(batch: dict, num_microbatches: int) -> dict:
     def split(x_BT):
         rows = x_BT.shape[0]
         if rows % num_microbatches:
-            raise ValueError(f"batch of {rows} rows does not split into {num_microbatches} "
+            raise ConfigError(f"batch of {rows} rows does not split into {num_microbatches} "
                              "microbatches; make BATCH_SIZE a multiple of num_microbatches.")
         x_RMT = x_BT.reshape(rows // num_microbatches, num_microbatches, *x_BT.shape[1:])
         return jnp.swapaxes(x_RMT, 0, 1)

@@ -58,7 +58,8 @@ def test_checkpoint_shape_mismatch(quickstart_dir):
 
 
 def test_initial_checkpoint_starts_a_new_run_from_trained_params(quickstart_dir, tmp_path):
-    result = run_cli(train_command(tmp_path, 2, f"--gin.INITIAL_CHECKPOINT_PATH='{quickstart_dir}'"))
+    initial = f"--gin.INITIAL_CHECKPOINT_PATH='{quickstart_dir}'"
+    result = run_cli(train_command(tmp_path, 2, initial))
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"initialized params from {quickstart_dir}" in result.stderr
     fresh_first_loss = losses_by_step(quickstart_dir)[1][0]
@@ -79,6 +80,17 @@ def test_missing_gin_file(tmp_path):
     result = run_cli(train_command(tmp_path, 5, "--gin_file=no_such_config.gin"))
     _assert_one_line_error(result, "no_such_config.gin", "not found")
     assert not os.listdir(tmp_path)
+
+
+def test_missing_text_file(tmp_path):
+    result = run_cli(train_command(tmp_path, 5, "--gin_file=experiments/shakespeare_char.gin",
+                                   f"--gin.TEXT_FILES=['{tmp_path}/no_such.txt']"))
+    _assert_one_line_error(result, "file not found", "no_such.txt")
+
+
+def test_bad_mesh_shape(tmp_path):
+    result = run_cli(train_command(tmp_path, 5, "--gin.MESH_SHAPE=(3, 1, 1)"))
+    _assert_one_line_error(result, "MESH_SHAPE=(3, 1, 1) does not fit 2 devices")
 
 
 def test_unknown_command():

@@ -5,6 +5,7 @@ import dataclasses
 import jax
 
 import gin
+from t5x_lite.errors import ConfigError
 
 REMAT_POLICIES = {
     "none": None,
@@ -45,14 +46,14 @@ class DecoderConfig:
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"DecoderConfig: num_heads={self.num_heads} is not a multiple of "
                 f"num_kv_heads={self.num_kv_heads}; pick a divisor of num_heads."
             )
         if self.dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"DecoderConfig.dtype={self.dtype!r}: use one of {COMPUTE_DTYPES}.")
+            raise ConfigError(f"DecoderConfig.dtype={self.dtype!r}: use one of {COMPUTE_DTYPES}.")
         if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(
+            raise ConfigError(
                 f"DecoderConfig.remat_policy={self.remat_policy!r}: use one of "
                 f"{sorted(REMAT_POLICIES)}."
             )
@@ -63,7 +64,7 @@ class DecoderConfig:
             rounded = -(-task_vocab_size // self.vocab_multiple) * self.vocab_multiple
             return dataclasses.replace(self, vocab_size=rounded)
         if self.vocab_size < task_vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"DecoderConfig.vocab_size={self.vocab_size} is smaller than the task "
                 f"vocabulary ({task_vocab_size}); set it to None or at least {task_vocab_size}."
             )
