@@ -7,9 +7,11 @@ position, layer layout, model config, operative gin config).
 
 import dataclasses
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 import gin
 from t5x_lite.errors import ConfigError
@@ -87,6 +89,32 @@ class Checkpointer:
             meta=ocp.args.JsonRestore())
         restored = self.manager.restore(step, args=args)
         return restored["state"], restored["meta"]
+
+    def restore_latest(self, abstract_state, shardings):
+        """(step, state, meta) of the newest readable checkpoint, or None if there is none.
+
+        An unreadable step (truncated or corrupted files) is logged, moved aside to
+        `<step>.corrupt` and the next older one tried; a shape mismatch is a config error.
+        """
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return (step, *self.restore(step, abstract_state, shardings))
+            except ConfigError:
+                raise
+            except Exception as error:  # noqa: BLE001  (any read failure means "unreadable")
+                self._set_aside(step, error)
+        return None
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        print(f"checkpoint step {step} is unreadable ({reason}); moved to "
+              f"{step}.corrupt, trying an older one", file=sys.stderr)
+        if jax.process_index() == 0:
+            os.replace(os.path.join(self.directory, str(step)),
+                       os.path.join(self.directory, f"{step}.corrupt"))
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

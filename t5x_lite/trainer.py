@@ -35,10 +35,10 @@ def _global_batch(local_batch: dict, sharding) -> dict:
 
 def _restore_or_init(run: Run, optimizer, abstract, seed: int, initial_checkpoint_path):
     """(state, data position): latest in MODEL_DIR, else the initial checkpoint, else init."""
-    latest = run.checkpointer.latest_step()
-    if latest is not None:
-        state, meta = run.checkpointer.restore(latest, abstract, run.shardings)
-        return state, int(meta["data_position"]), f"restored step {latest}"
+    restored = run.checkpointer.restore_latest(abstract, run.shardings)
+    if restored is not None:
+        step, state, meta = restored
+        return state, int(meta["data_position"]), f"restored step {step}"
     if initial_checkpoint_path:
         params = restore_params(initial_checkpoint_path, abstract["params"],
                                 run.shardings["params"])
