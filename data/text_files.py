@@ -14,9 +14,9 @@ import json
 import pathlib
 from collections.abc import Sequence
 
+import gin
 import tensorflow as tf
 
-import gin
 from t5x_lite.errors import ConfigError
 
 from .lm_task import register_lm_task

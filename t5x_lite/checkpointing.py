@@ -9,11 +9,11 @@ import dataclasses
 import os
 import sys
 
+import gin
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-import gin
 from t5x_lite.errors import ConfigError
 
 

@@ -3,9 +3,9 @@ T5X-style `--gin.KEY=VALUE` flags, and errors turned into one clear line."""
 
 import os
 
+import gin
 from absl import logging
 
-import gin
 from t5x_lite.errors import ConfigError
 
 REQUIRED_MACROS = ("MODEL_DIR", "TRAIN_STEPS")

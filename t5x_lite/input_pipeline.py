@@ -13,12 +13,12 @@ import hashlib
 import itertools
 from collections.abc import Iterator, Mapping
 
+import gin
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
-import gin
 from t5x_lite import data  # Registers the built-in Tasks; hides accelerators from TF.
 from t5x_lite.errors import ConfigError
 

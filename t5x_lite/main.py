@@ -24,8 +24,14 @@ USAGE = "usage: t5x_lite {train,build-vocab} [flags]   (t5x_lite <command> --hel
 def register_configurables() -> None:
     """Imports every module that defines gin configurables, so bindings resolve."""
     # `data` registers the built-in seqio Tasks and Mixtures as it loads.
-    from t5x_lite import checkpointing, data, input_pipeline, optim, partitioning  # noqa: F401
-    from t5x_lite import trainer  # noqa: F401
+    from t5x_lite import (  # noqa: F401
+        checkpointing,
+        data,
+        input_pipeline,
+        optim,
+        partitioning,
+        trainer,
+    )
     from t5x_lite.models import config  # noqa: F401
 
 

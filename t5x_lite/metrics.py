@@ -1,6 +1,7 @@
 """FLOPs, MFU and the run's metric writers (metrics.jsonl, TensorBoard, progress bar)."""
 
 import json
+import math
 import os
 import sys
 import time
@@ -74,7 +75,8 @@ class MetricsWriter:
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        finite = {k: v if math.isfinite(v) else None for k, v in scalars.items()}
+        self.jsonl.write(json.dumps({"step": step, **finite}) + "\n")
         self.jsonl.flush()
         for name, value in scalars.items():
             self.tensorboard.add_scalar(name, value, step)

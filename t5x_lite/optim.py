@@ -2,10 +2,10 @@
 
 from collections.abc import Sequence
 
+import gin
 import jax
 import optax
 
-import gin
 from t5x_lite.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "rsqrt", "constant")

@@ -12,11 +12,11 @@ import contextvars
 import math
 from collections.abc import Sequence
 
+import gin
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-import gin
 from t5x_lite.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")

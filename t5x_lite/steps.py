@@ -11,6 +11,7 @@ import optax
 from jax.sharding import NamedSharding
 
 from t5x_lite.errors import ConfigError
+from t5x_lite.faults import FaultInjector
 from t5x_lite.models.losses import cross_entropy_sums
 from t5x_lite.partitioning import constrain
 from t5x_lite.train_state import ModelSpec
@@ -54,20 +55,30 @@ def _accumulated_grads(spec, params, batch, num_microbatches: int):
 
 
 def make_train_step(spec: ModelSpec, optimizer, schedule, state_shardings,
-                    batch_sharding: NamedSharding, num_microbatches: int = 1):
-    """jit(train_step)(state, batch) -> (state, metrics); the old state is donated."""
+                    batch_sharding: NamedSharding, num_microbatches: int = 1,
+                    faults: FaultInjector = FaultInjector()):
+    """jit(train_step)(state, batch) -> (state, metrics); the old state is donated.
+
+    A step whose loss or gradients are not finite leaves params and optimizer state
+    untouched (metrics["skipped"] is 1); the step is still counted.
+    """
     def train_step(state, batch):
         grads, loss_sum, z_sum, weight_sum = _accumulated_grads(
             spec, state["params"], batch, num_microbatches)
-        denominator = jnp.maximum(weight_sum, 1.0)
-        grads = jax.tree.map(lambda g: g / denominator, grads)
+        scale = faults.loss_scale(state["step"] + 1) / jnp.maximum(weight_sum, 1.0)
+        grads = jax.tree.map(lambda g: g * scale, grads)
+        loss, grad_norm = loss_sum * scale, optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        keep_if_finite = lambda new, old: jax.tree.map(  # noqa: E731
+            lambda n, o: jnp.where(finite, n, o), new, old)
         new_state = {"step": state["step"] + 1,
-                     "params": optax.apply_updates(state["params"], updates),
-                     "opt_state": opt_state}
-        metrics = {"loss": loss_sum / denominator, "z_loss": z_sum / denominator,
-                   "grad_norm": optax.tree.norm(grads),
-                   "learning_rate": schedule(state["step"]), "target_tokens": weight_sum}
+                     "params": keep_if_finite(optax.apply_updates(state["params"], updates),
+                                              state["params"]),
+                     "opt_state": keep_if_finite(opt_state, state["opt_state"])}
+        metrics = {"loss": loss, "z_loss": z_sum * scale, "grad_norm": grad_norm,
+                   "learning_rate": schedule(state["step"]), "target_tokens": weight_sum,
+                   "skipped": (~finite).astype(jnp.int32)}
         return new_state, metrics
 
     batch_shardings = {key: batch_sharding for key in BATCH_KEYS}

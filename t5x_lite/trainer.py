@@ -5,14 +5,16 @@ import dataclasses
 import os
 import time
 
+import gin
 import jax
 import numpy as np
 
-import gin
 from t5x_lite import metrics as metrics_lib
 from t5x_lite import optim, partitioning, steps
 from t5x_lite.checkpointing import CheckpointConfig, Checkpointer, restore_params
+from t5x_lite.faults import FaultInjector
 from t5x_lite.models.config import DecoderConfig
+from t5x_lite.recovery import RecoveryLog
 from t5x_lite.train_state import ModelSpec, init_state, state_shardings
 
 
@@ -25,6 +27,7 @@ class Run:
     shardings: dict
     batch_sharding: jax.sharding.NamedSharding
     checkpointer: Checkpointer
+    recovery: RecoveryLog
     writer: metrics_lib.MetricsWriter | None = None
 
 
@@ -82,14 +85,15 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     seq_len = data.task_feature_lengths["targets"]
     batch_sharding = partitioning.named_sharding(
         ("batch", "length"), (data.global_batch_size, seq_len), mesh, activation_rules)
-    run = Run(spec, mesh, shardings, batch_sharding, Checkpointer(model_dir, checkpoint))
+    run = Run(spec, mesh, shardings, batch_sharding, Checkpointer(model_dir, checkpoint),
+              RecoveryLog(model_dir))
     _write_config(model_dir)
 
     with partitioning.activation_sharding(mesh, activation_rules):
         state, position, origin = _restore_or_init(run, optimizer, abstract, seed,
                                                    initial_checkpoint_path)
         train_step = steps.make_train_step(spec, optimizer, schedule, shardings,
-                                           batch_sharding, num_microbatches)
+                                           batch_sharding, num_microbatches, FaultInjector())
         eval_step = steps.make_eval_step(spec, shardings["params"], batch_sharding)
         start_step = int(jax.device_get(state["step"]))
         run.writer = metrics_lib.MetricsWriter(model_dir, train_steps, start_step)
@@ -134,8 +138,10 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, batches, eval_batch
         batch = _global_batch(next(batches), run.batch_sharding)
         state, step_metrics = ctx.train_step(state, batch)
         step, position = step + 1, position + 1
-        if pending is not None and _should_log(pending[0], ctx):
-            logged = _log(run, ctx, *pending, meter)
+        if pending is not None:
+            _record_skips(run, *pending)
+            if _should_log(pending[0], ctx):
+                logged = _log(run, ctx, *pending, meter)
         pending = (step, step_metrics)
         with meter.excluded():
             if ctx.eval_every and (step % ctx.eval_every == 0 or step == ctx.train_steps):
@@ -145,8 +151,14 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, batches, eval_batch
             run.checkpointer.save(step, state, _meta(run.spec.cfg, position),
                                   force=step == ctx.train_steps)
     if pending is not None:
+        _record_skips(run, *pending)
         logged = _log(run, ctx, *pending, meter)
     return logged
+
+
+def _record_skips(run: Run, step: int, step_metrics) -> None:
+    if int(jax.device_get(step_metrics["skipped"])):
+        run.recovery.record(step, "non_finite_loss_or_gradients", "skipped_update")
 
 
 def _should_log(step: int, ctx: _LoopContext) -> bool:

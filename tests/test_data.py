@@ -7,14 +7,14 @@ import pathlib
 import re
 import time
 
+import gin
 import numpy as np
 import pytest
 import seqio
+
+from t5x_lite import input_pipeline, vocabularies
 from t5x_lite.data import embedded_corpus, text_file_task
 from t5x_lite.data.embedded_corpus import documents
-
-import gin
-from t5x_lite import input_pipeline, vocabularies
 
 LENGTH = 64
 

@@ -2,9 +2,9 @@
 
 import dataclasses
 
+import gin
 import jax
 
-import gin
 from t5x_lite.errors import ConfigError
 
 REMAT_POLICIES = {

@@ -1,0 +1,22 @@
+"""Deliberate faults, configured in gin, for recovery drills and tests."""
+
+import dataclasses
+
+import gin
+import jax
+import jax.numpy as jnp
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class FaultInjector:
+    """`nan_loss_at_steps`: these (1-based) steps compute a NaN loss and NaN gradients."""
+
+    nan_loss_at_steps: tuple[int, ...] = ()
+
+    def loss_scale(self, step: jax.Array) -> jax.Array:
+        """1.0, or NaN at an injected step (`step` is the 1-based step being computed)."""
+        if not self.nan_loss_at_steps:
+            return jnp.ones((), jnp.float32)
+        hit = jnp.isin(step, jnp.asarray(self.nan_loss_at_steps, jnp.int32))
+        return jnp.where(hit, jnp.nan, 1.0).astype(jnp.float32)

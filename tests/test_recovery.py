@@ -1,0 +1,54 @@
+"""Non-finite steps are skipped: params and optimizer state stay as they were."""
+
+import json
+
+import jax
+import numpy as np
+
+from t5x_lite import optim, partitioning, steps
+from t5x_lite.faults import FaultInjector
+from t5x_lite.train_state import ModelSpec, init_state, state_shardings
+from tests.cli import losses_by_step, run_cli, train_command
+from tests.helpers import TINY, packed_batch
+
+
+def test_nan_step_leaves_params_and_optimizer_state_untouched():
+    mesh = partitioning.create_mesh((2, 2, 2))
+    param_rules, activation_rules = partitioning.axis_rules()
+    schedule = optim.create_schedule(warmup_steps=2, decay_steps=10)
+    optimizer = optim.create_optimizer(schedule)
+    spec = ModelSpec.create(TINY)
+    _, shardings = state_shardings(spec, optimizer, mesh, param_rules)
+    batch_sharding = partitioning.named_sharding(("batch", "length"), (8, 32), mesh,
+                                                 activation_rules)
+    with partitioning.activation_sharding(mesh, activation_rules):
+        state = init_state(spec, optimizer, shardings, seed=0)
+        train_step = steps.make_train_step(spec, optimizer, schedule, shardings, batch_sharding,
+                                           faults=FaultInjector(nan_loss_at_steps=(3,)))
+        batch = {k: jax.device_put(v, batch_sharding)
+                 for k, v in packed_batch(8, 32, TINY.vocab_size).items()}
+        snapshots, metrics = [], []
+        for _ in range(5):
+            state, step_metrics = train_step(state, batch)
+            snapshots.append(jax.device_get(state))
+            metrics.append(jax.device_get(step_metrics))
+    before, after = snapshots[1], snapshots[2]
+    assert int(after["step"]) == 3
+    jax.tree.map(np.testing.assert_array_equal, before["params"], after["params"])
+    jax.tree.map(np.testing.assert_array_equal, before["opt_state"], after["opt_state"])
+    assert [int(m["skipped"]) for m in metrics] == [0, 0, 1, 0, 0]
+    assert np.isnan(metrics[2]["loss"])
+    assert all(np.isfinite(m["loss"]) for i, m in enumerate(metrics) if i != 2)
+    assert metrics[4]["loss"] < metrics[1]["loss"]
+
+
+def test_a_skipped_step_is_recorded(tmp_path):
+    result = run_cli(train_command(tmp_path, 6, "--gin.FaultInjector.nan_loss_at_steps=(3,)"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "recovery.jsonl").read_text().splitlines()]
+    assert records == [{"step": 3, "signal": "non_finite_loss_or_gradients",
+                        "action": "skipped_update", "batches_skipped": 0}]
+    assert "recovery: step 3" in result.stderr
+    losses = losses_by_step(tmp_path)
+    assert losses[3] == [None]
+    assert all(losses[step][0] is not None for step in (1, 2, 4, 5, 6))
