@@ -3,6 +3,8 @@
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG_ERROR = 2
+# EX_TEMPFAIL: the job was stopped on purpose and should be started again.
+EXIT_PREEMPTED = 75
 
 
 class ConfigError(ValueError):

@@ -9,7 +9,8 @@ import sys
 from absl import app, flags, logging
 
 from t5x_lite import gin_config
-from t5x_lite.errors import EXIT_CONFIG_ERROR, ConfigError
+from t5x_lite.errors import EXIT_CONFIG_ERROR, EXIT_PREEMPTED, ConfigError
+from t5x_lite.preemption import Preempted
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin files, by path or relative to the installed gin/.")
@@ -59,6 +60,10 @@ def _main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     try:
         COMMANDS[command]()
+    except Preempted as preempted:
+        print(f"t5x_lite {command}: {preempted}; exiting with code {EXIT_PREEMPTED}",
+              file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     except ConfigError as error:
         # Gin appends "In call to configurable ..." lines; the first line is the message.
         message = str(error).splitlines()[0] if str(error) else type(error).__name__

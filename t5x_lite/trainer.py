@@ -14,6 +14,7 @@ from t5x_lite import optim, partitioning, steps
 from t5x_lite.checkpointing import CheckpointConfig, Checkpointer, restore_params
 from t5x_lite.faults import FaultInjector
 from t5x_lite.models.config import DecoderConfig
+from t5x_lite.preemption import Preempted, PreemptionWatch
 from t5x_lite.recovery import RecoveryLog
 from t5x_lite.train_state import ModelSpec, init_state, state_shardings
 
@@ -110,7 +111,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
         eval_batches = [_global_batch(b, batch_sharding) for b in input_pipeline.eval_batches(
             data, eval_steps, jax.process_index(), jax.process_count())] if eval_every else []
         try:
-            return _loop(run, context, state, position, batches, eval_batches)
+            with PreemptionWatch() as preemption:
+                return _loop(run, context, state, position, batches, eval_batches, preemption)
         finally:
             run.checkpointer.wait()
             run.checkpointer.close()
@@ -129,8 +131,13 @@ class _LoopContext:
     peak_flops: float
 
 
-def _loop(run: Run, ctx: _LoopContext, state, position: int, batches, eval_batches) -> dict:
-    """Dispatches step N+1 before reading step N's metrics, so the host never stalls."""
+def _loop(run: Run, ctx: _LoopContext, state, position: int, batches, eval_batches,
+          preemption: PreemptionWatch) -> dict:
+    """Dispatches step N+1 before reading step N's metrics, so the host never stalls.
+
+    On a preemption notice the current step is saved, even off the interval, its
+    metrics are written, and `Preempted` is raised.
+    """
     step = int(jax.device_get(state["step"]))
     meter = _Throughput(step, ctx.tokens_per_step)
     pending, logged = None, {}
@@ -148,8 +155,14 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, batches, eval_batch
                 eval_loss = _evaluate(ctx.eval_step, state["params"], eval_batches)
                 run.writer.write(step, {"eval_loss": eval_loss})
                 run.writer.message(f"step {step}: eval_loss {eval_loss:.4f}")
+            stop = preemption.should_stop()
             run.checkpointer.save(step, state, _meta(run.spec.cfg, position),
-                                  force=step == ctx.train_steps)
+                                  force=stop or step == ctx.train_steps)
+        if stop:
+            _record_skips(run, *pending)
+            _log(run, ctx, *pending, meter)
+            run.checkpointer.wait()
+            raise Preempted(step)
     if pending is not None:
         _record_skips(run, *pending)
         logged = _log(run, ctx, *pending, meter)

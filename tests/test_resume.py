@@ -73,3 +73,37 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert sorted(resumed) == list(range(1, STEPS + 1))
     for step, losses in resumed.items():
         assert all(loss == reference[step][0] for loss in losses), (step, losses)
+
+
+def test_sigterm_saves_the_current_step_and_restart_continues_from_it(tmp_path):
+    reference_dir, preempted_dir = tmp_path / "reference", tmp_path / "preempted"
+    steps = 30  # enough steps left after the signal that the run cannot finish first
+    result = run_cli(train_command(reference_dir, steps, MESH, SAVE_EVERY), num_devices=4)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    never = "--gin.CheckpointConfig.save_every=1000"
+    process = subprocess.Popen(train_command(preempted_dir, steps, MESH, never),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env=cli_env(4))
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if (preempted_dir / "metrics.jsonl").exists() and max(losses_by_step(preempted_dir),
+                                                              default=0) >= 5:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 75, stderr[-3000:]
+    saved = sorted(int(name) for name in os.listdir(preempted_dir / "checkpoints")
+                   if name.isdigit())
+    stopped_at = max(losses_by_step(preempted_dir))
+    assert saved == [stopped_at] and 5 <= stopped_at < steps, (saved, stopped_at)
+
+    result = run_cli(train_command(preempted_dir, steps, MESH, never), num_devices=4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"restored step {stopped_at}" in result.stderr
+    reference, resumed = losses_by_step(reference_dir), losses_by_step(preempted_dir)
+    assert {step: len(losses) for step, losses in resumed.items()} == {
+        step: 1 for step in range(1, steps + 1)}
+    assert {step: losses[0] for step, losses in resumed.items()} == {
+        step: losses[0] for step, losses in reference.items()}
