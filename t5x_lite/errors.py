@@ -5,6 +5,8 @@ EXIT_FAILURE = 1
 EXIT_CONFIG_ERROR = 2
 # EX_TEMPFAIL: the job was stopped on purpose and should be started again.
 EXIT_PREEMPTED = 75
+# No step completed in time: the watchdog ended the run.
+EXIT_HUNG = 76
 
 
 class ConfigError(ValueError):

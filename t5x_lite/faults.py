@@ -1,6 +1,7 @@
 """Deliberate faults, configured in gin, for recovery drills and tests."""
 
 import dataclasses
+import threading
 
 import gin
 import jax
@@ -10,9 +11,15 @@ import jax.numpy as jnp
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class FaultInjector:
-    """`nan_loss_at_steps`: these (1-based) steps compute a NaN loss and NaN gradients."""
+    """`nan_loss_at_steps`: these (1-based) steps compute a NaN loss and NaN gradients.
+    `hang_at_step`: the host loop stops making progress after this step."""
 
     nan_loss_at_steps: tuple[int, ...] = ()
+    hang_at_step: int | None = None
+
+    def maybe_hang(self, step: int) -> None:
+        if step == self.hang_at_step:
+            threading.Event().wait()
 
     def loss_scale(self, step: jax.Array) -> jax.Array:
         """1.0, or NaN at an injected step (`step` is the 1-based step being computed)."""

@@ -17,6 +17,7 @@ from t5x_lite.models.config import DecoderConfig
 from t5x_lite.preemption import Preempted, PreemptionWatch
 from t5x_lite.recovery import RecoveryLog
 from t5x_lite.train_state import ModelSpec, init_state, state_shardings
+from t5x_lite.watchdog import Watchdog, WatchdogConfig
 
 
 @dataclasses.dataclass
@@ -93,8 +94,9 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     with partitioning.activation_sharding(mesh, activation_rules):
         state, position, origin = _restore_or_init(run, optimizer, abstract, seed,
                                                    initial_checkpoint_path)
+        faults = FaultInjector()
         train_step = steps.make_train_step(spec, optimizer, schedule, shardings,
-                                           batch_sharding, num_microbatches, FaultInjector())
+                                           batch_sharding, num_microbatches, faults)
         eval_step = steps.make_eval_step(spec, shardings["params"], batch_sharding)
         start_step = int(jax.device_get(state["step"]))
         run.writer = metrics_lib.MetricsWriter(model_dir, train_steps, start_step)
@@ -105,14 +107,15 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
             log_every=log_every, eval_every=eval_every,
             tokens_per_step=data.global_batch_size * seq_len,
             flops_per_token=metrics_lib.train_flops_per_token(cfg, seq_len),
-            peak_flops=metrics_lib.total_peak_flops(peak_flops_per_device))
+            peak_flops=metrics_lib.total_peak_flops(peak_flops_per_device), faults=faults)
         batches = input_pipeline.train_batches(data, position, jax.process_index(),
                                                jax.process_count())
         eval_batches = [_global_batch(b, batch_sharding) for b in input_pipeline.eval_batches(
             data, eval_steps, jax.process_index(), jax.process_count())] if eval_every else []
         try:
-            with PreemptionWatch() as preemption:
-                return _loop(run, context, state, position, batches, eval_batches, preemption)
+            with PreemptionWatch() as preemption, Watchdog(WatchdogConfig()) as watchdog:
+                return _loop(run, context, state, position, batches, eval_batches, preemption,
+                             watchdog)
         finally:
             run.checkpointer.wait()
             run.checkpointer.close()
@@ -129,10 +132,11 @@ class _LoopContext:
     tokens_per_step: int
     flops_per_token: float
     peak_flops: float
+    faults: FaultInjector
 
 
 def _loop(run: Run, ctx: _LoopContext, state, position: int, batches, eval_batches,
-          preemption: PreemptionWatch) -> dict:
+          preemption: PreemptionWatch, watchdog: Watchdog) -> dict:
     """Dispatches step N+1 before reading step N's metrics, so the host never stalls.
 
     On a preemption notice the current step is saved, even off the interval, its
@@ -145,6 +149,7 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, batches, eval_batch
         batch = _global_batch(next(batches), run.batch_sharding)
         state, step_metrics = ctx.train_step(state, batch)
         step, position = step + 1, position + 1
+        ctx.faults.maybe_hang(step)
         if pending is not None:
             _record_skips(run, *pending)
             if _should_log(pending[0], ctx):
@@ -163,6 +168,7 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, batches, eval_batch
             _log(run, ctx, *pending, meter)
             run.checkpointer.wait()
             raise Preempted(step)
+        watchdog.beat()
     if pending is not None:
         _record_skips(run, *pending)
         logged = _log(run, ctx, *pending, meter)

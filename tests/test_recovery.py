@@ -52,3 +52,13 @@ def test_a_skipped_step_is_recorded(tmp_path):
     losses = losses_by_step(tmp_path)
     assert losses[3] == [None]
     assert all(losses[step][0] is not None for step in (1, 2, 4, 5, 6))
+
+
+def test_watchdog_ends_a_hung_run_with_stacks(tmp_path):
+    result = run_cli(train_command(tmp_path, 20, "--gin.FaultInjector.hang_at_step=4",
+                                   "--gin.WatchdogConfig.floor_seconds=3",
+                                   "--gin.WatchdogConfig.factor=5"), timeout=300)
+    assert result.returncode == 76, result.stderr[-3000:]
+    assert "watchdog: no step completed" in result.stderr
+    assert "in maybe_hang" in result.stderr  # the dumped stack shows where it hung
+    assert max(losses_by_step(tmp_path)) <= 4
