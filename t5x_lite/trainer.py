@@ -163,6 +163,7 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, batches, eval_batch
             stop = preemption.should_stop()
             run.checkpointer.save(step, state, _meta(run.spec.cfg, position),
                                   force=stop or step == ctx.train_steps)
+            ctx.faults.maybe_signal(step)
         if stop:
             _record_skips(run, *pending)
             _log(run, ctx, *pending, meter)

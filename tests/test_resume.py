@@ -107,3 +107,20 @@ def test_sigterm_saves_the_current_step_and_restart_continues_from_it(tmp_path):
         step: 1 for step in range(1, steps + 1)}
     assert {step: losses[0] for step, losses in resumed.items()} == {
         step: losses[0] for step, losses in reference.items()}
+
+
+def test_sigkill_while_an_async_save_is_in_flight(tmp_path):
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    result = run_cli(train_command(reference_dir, STEPS, MESH, SAVE_EVERY), num_devices=4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    kill = "--gin.FaultInjector.signal_at_step=8"  # step 8's save has just been started
+    result = run_cli(train_command(killed_dir, STEPS, MESH, SAVE_EVERY, kill), num_devices=4)
+    assert result.returncode == -signal.SIGKILL
+
+    result = run_cli(train_command(killed_dir, STEPS, MESH, SAVE_EVERY), num_devices=4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "restored step 4" in result.stderr or "restored step 8" in result.stderr
+    reference, resumed = losses_by_step(reference_dir), losses_by_step(killed_dir)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for step, losses in resumed.items():
+        assert all(loss == reference[step][0] for loss in losses), (step, losses)
