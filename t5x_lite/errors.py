@@ -7,6 +7,8 @@ EXIT_CONFIG_ERROR = 2
 EXIT_PREEMPTED = 75
 # No step completed in time: the watchdog ended the run.
 EXIT_HUNG = 76
+# The loss diverged beyond what recovery may fix: a restart would not help.
+EXIT_DIVERGED = 77
 
 
 class ConfigError(ValueError):

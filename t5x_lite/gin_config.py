@@ -24,7 +24,9 @@ def installed_gin_dir() -> str:
 def rewrite_gin_args(argv: list[str]) -> list[str]:
     """`--gin.X=Y` -> `--gin_bindings=X = Y` (T5X's shorthand for one binding)."""
     rewritten = []
-    for arg in argv:
+    for index, arg in enumerate(argv):
+        if arg == "--":  # what follows is another command's (t5x_lite supervise -- ...)
+            return rewritten + argv[index:]
         if arg.startswith("--gin.") and "=" in arg:
             key, value = arg[len("--gin."):].split("=", 1)
             rewritten.append(f"--gin_bindings={key} = {value}")

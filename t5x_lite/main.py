@@ -1,6 +1,6 @@
 """Command line: `t5x_lite <command> [--gin_file=...] [--gin.KEY=VALUE ...]`.
 
-Commands: train, build-vocab.
+Commands: train, build-vocab, supervise.
 """
 
 import os
@@ -18,8 +18,13 @@ flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings; `--gin.KEY=VALUE` i
 flags.DEFINE_multi_string("gin_search_paths", [], "Extra folders to look for gin files in.")
 flags.DEFINE_integer("vocab_size", 8192, "build-vocab: SentencePiece vocabulary size.")
 flags.DEFINE_string("output", None, "build-vocab: where to write the model (default: cache).")
+flags.DEFINE_integer("max_restarts", 10, "supervise: restarts allowed after preemption, "
+                     "a hang or a crash.")
+flags.DEFINE_float("grace_seconds", 60.0, "supervise: wait this long after forwarding "
+                   "SIGTERM before SIGKILL.")
 
-USAGE = "usage: t5x_lite {train,build-vocab} [flags]   (t5x_lite <command> --help for flags)"
+USAGE = ("usage: t5x_lite {train,build-vocab} [flags] | t5x_lite supervise [flags] -- COMMAND"
+         "   (t5x_lite <command> --help for flags)")
 
 
 def register_configurables() -> None:
@@ -49,17 +54,25 @@ def _build_vocab() -> None:
     vocabularies.build_vocab_command(FLAGS.vocab_size, FLAGS.output)
 
 
-COMMANDS = {"train": _train, "build-vocab": _build_vocab}
+def _supervise(command: list[str]) -> None:
+    from t5x_lite.supervisor import Supervisor
+    if not command:
+        raise ConfigError("supervise needs a command: t5x_lite supervise -- t5x_lite train ...")
+    sys.exit(Supervisor(command, FLAGS.max_restarts, FLAGS.grace_seconds).run())
+
+
+COMMANDS = {"train": _train, "build-vocab": _build_vocab, "supervise": _supervise}
 
 
 def _main(argv: list[str]) -> None:
     command = argv[1] if len(argv) > 1 else None
-    if command not in COMMANDS or len(argv) > 2:
+    takes_command = command == "supervise"
+    if command not in COMMANDS or (len(argv) > 2 and not takes_command):
         print(USAGE, file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
     logging.set_verbosity(logging.WARNING)
     try:
-        COMMANDS[command]()
+        COMMANDS[command](*([argv[2:]] if takes_command else []))
     except Preempted as preempted:
         print(f"t5x_lite {command}: {preempted}; exiting with code {EXIT_PREEMPTED}",
               file=sys.stderr)
