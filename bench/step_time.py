@@ -45,14 +45,14 @@ def window_seconds_per_step(scan_layers: bool, windows: int = 8, steps_per_windo
         state = init_state(spec, optimizer, shardings, seed=0)
         train_step = steps.make_train_step(spec, optimizer, schedule, shardings, batch_sharding)
         batch = {k: jax.device_put(v, batch_sharding) for k, v in fixed_batch().items()}
-        for _ in range(5):
-            state, metrics = train_step(state, batch)
+        for position in range(5):
+            state, metrics = train_step(state, batch, position)
         jax.block_until_ready(metrics)
         times, previous = [], None
         for _ in range(windows):
             start = time.perf_counter()
-            for _ in range(steps_per_window):
-                state, metrics = train_step(state, batch)
+            for position in range(steps_per_window):
+                state, metrics = train_step(state, batch, position)
                 if previous is not None:
                     float(previous["loss"])
                 previous = metrics

@@ -14,10 +14,14 @@ import jax.numpy as jnp
 @dataclasses.dataclass(frozen=True)
 class FaultInjector:
     """`nan_loss_at_steps`: these (1-based) steps compute a NaN loss and NaN gradients.
+    `lr_factor_at_steps`, `lr_factor`: these steps' updates are multiplied by the factor.
+    Both follow the data: after a rollback that skips batches they do not recur.
     `hang_at_step`: the host loop stops making progress after this step.
     `signal_at_step`, `signal_name`: the process signals itself after this step."""
 
     nan_loss_at_steps: tuple[int, ...] = ()
+    lr_factor_at_steps: tuple[int, ...] = ()
+    lr_factor: float = 1.0
     hang_at_step: int | None = None
     signal_at_step: int | None = None
     signal_name: str = "SIGKILL"
@@ -32,9 +36,18 @@ class FaultInjector:
         if step == self.hang_at_step:
             threading.Event().wait()
 
-    def loss_scale(self, step: jax.Array) -> jax.Array:
-        """1.0, or NaN at an injected step (`step` is the 1-based step being computed)."""
-        if not self.nan_loss_at_steps:
-            return jnp.ones((), jnp.float32)
-        hit = jnp.isin(step, jnp.asarray(self.nan_loss_at_steps, jnp.int32))
-        return jnp.where(hit, jnp.nan, 1.0).astype(jnp.float32)
+    def loss_scale(self, position: jax.Array) -> jax.Array:
+        """1.0, or NaN for the batch that step k of an uninterrupted run reads
+        (data position k - 1), for k in `nan_loss_at_steps`."""
+        return _at_steps(position, self.nan_loss_at_steps, jnp.nan)
+
+    def update_scale(self, position: jax.Array) -> jax.Array:
+        """1.0, or `lr_factor` for the batches of the steps in `lr_factor_at_steps`."""
+        return _at_steps(position, self.lr_factor_at_steps, self.lr_factor)
+
+
+def _at_steps(position: jax.Array, steps: tuple[int, ...], value: float) -> jax.Array:
+    if not steps:
+        return jnp.ones((), jnp.float32)
+    hit = jnp.isin(position + 1, jnp.asarray(steps, jnp.int32))
+    return jnp.where(hit, value, 1.0).astype(jnp.float32)

@@ -9,8 +9,9 @@ import sys
 from absl import app, flags, logging
 
 from t5x_lite import gin_config
-from t5x_lite.errors import EXIT_CONFIG_ERROR, EXIT_PREEMPTED, ConfigError
+from t5x_lite.errors import EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, ConfigError
 from t5x_lite.preemption import Preempted
+from t5x_lite.recovery import Diverged
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin files, by path or relative to the installed gin/.")
@@ -73,6 +74,10 @@ def _main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     try:
         COMMANDS[command](*([argv[2:]] if takes_command else []))
+    except Diverged as diverged:
+        print(f"t5x_lite {command}: {str(diverged).splitlines()[0]}; exiting with code "
+              f"{EXIT_DIVERGED}", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
     except Preempted as preempted:
         print(f"t5x_lite {command}: {preempted}; exiting with code {EXIT_PREEMPTED}",
               file=sys.stderr)

@@ -8,8 +8,10 @@ update as one big batch.
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 
+from t5x_lite import divergence
+from t5x_lite.divergence import DivergenceConfig
 from t5x_lite.errors import ConfigError
 from t5x_lite.faults import FaultInjector
 from t5x_lite.models.losses import cross_entropy_sums
@@ -56,33 +58,36 @@ def _accumulated_grads(spec, params, batch, num_microbatches: int):
 
 def make_train_step(spec: ModelSpec, optimizer, schedule, state_shardings,
                     batch_sharding: NamedSharding, num_microbatches: int = 1,
-                    faults: FaultInjector = FaultInjector()):
-    """jit(train_step)(state, batch) -> (state, metrics); the old state is donated.
+                    faults: FaultInjector = FaultInjector(),
+                    divergence_cfg: DivergenceConfig = DivergenceConfig()):
+    """jit(train_step)(state, batch, position) -> (state, metrics); the state is donated.
 
-    A step whose loss or gradients are not finite leaves params and optimizer state
-    untouched (metrics["skipped"] is 1); the step is still counted.
+    `position` is the index of `batch` in the data stream. An anomalous step (see
+    divergence.py) leaves params and optimizer state untouched; the step still counts.
     """
-    def train_step(state, batch):
+    def train_step(state, batch, position):
         grads, loss_sum, z_sum, weight_sum = _accumulated_grads(
             spec, state["params"], batch, num_microbatches)
-        scale = faults.loss_scale(state["step"] + 1) / jnp.maximum(weight_sum, 1.0)
+        scale = faults.loss_scale(position) / jnp.maximum(weight_sum, 1.0)
         grads = jax.tree.map(lambda g: g * scale, grads)
         loss, grad_norm = loss_sum * scale, optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        anomaly, health = divergence.assess(state["health"], loss, grad_norm, divergence_cfg)
+        healthy = anomaly == divergence.HEALTHY
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        keep_if_finite = lambda new, old: jax.tree.map(  # noqa: E731
-            lambda n, o: jnp.where(finite, n, o), new, old)
-        new_state = {"step": state["step"] + 1,
-                     "params": keep_if_finite(optax.apply_updates(state["params"], updates),
-                                              state["params"]),
-                     "opt_state": keep_if_finite(opt_state, state["opt_state"])}
+        update_scale = health["lr_scale"] * faults.update_scale(position)
+        updates = jax.tree.map(lambda u: u * update_scale, updates)
+        new_state = {"step": state["step"] + 1, "health": health,
+                     "params": divergence.keep_if(
+                         healthy, optax.apply_updates(state["params"], updates), state["params"]),
+                     "opt_state": divergence.keep_if(healthy, opt_state, state["opt_state"])}
         metrics = {"loss": loss, "z_loss": z_sum * scale, "grad_norm": grad_norm,
-                   "learning_rate": schedule(state["step"]), "target_tokens": weight_sum,
-                   "skipped": (~finite).astype(jnp.int32)}
+                   "learning_rate": schedule(state["step"]) * health["lr_scale"],
+                   "target_tokens": weight_sum, "anomaly": anomaly}
         return new_state, metrics
 
     batch_shardings = {key: batch_sharding for key in BATCH_KEYS}
-    return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings, replicated),
                    out_shardings=(state_shardings, None), donate_argnums=0)
 
 

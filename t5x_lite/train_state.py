@@ -15,6 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from t5x_lite import partitioning
+from t5x_lite.divergence import DivergenceConfig, init_health
 from t5x_lite.models.config import DecoderConfig
 from t5x_lite.models.decoder import Decoder
 
@@ -55,7 +56,8 @@ class ModelSpec:
 
 def new_state(spec: ModelSpec, optimizer: optax.GradientTransformation, params: dict) -> dict:
     return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": optimizer.init(params)}
+            "opt_state": optimizer.init(params),
+            "health": init_health(DivergenceConfig().window)}
 
 
 def state_shardings(spec: ModelSpec, optimizer, mesh: Mesh, param_rules):
@@ -71,7 +73,8 @@ def state_shardings(spec: ModelSpec, optimizer, mesh: Mesh, param_rules):
     opt_sharding = optax.tree_map_params(
         optimizer, like_param, abstract["opt_state"], param_sharding, params,
         transform_non_params=lambda _: replicated)
-    shardings = {"step": replicated, "params": param_sharding, "opt_state": opt_sharding}
+    shardings = {"step": replicated, "params": param_sharding, "opt_state": opt_sharding,
+                 "health": jax.tree.map(lambda _: replicated, abstract["health"])}
     return abstract, shardings
 
 

@@ -12,10 +12,11 @@ import numpy as np
 from t5x_lite import metrics as metrics_lib
 from t5x_lite import optim, partitioning, steps
 from t5x_lite.checkpointing import CheckpointConfig, Checkpointer, restore_params
+from t5x_lite.divergence import DivergenceConfig
 from t5x_lite.faults import FaultInjector
 from t5x_lite.models.config import DecoderConfig
 from t5x_lite.preemption import Preempted, PreemptionWatch
-from t5x_lite.recovery import RecoveryLog
+from t5x_lite.recovery import DivergenceLadder, Diverged, RecoveryLog
 from t5x_lite.train_state import ModelSpec, init_state, state_shardings
 from t5x_lite.watchdog import Watchdog, WatchdogConfig
 
@@ -28,6 +29,7 @@ class Run:
     mesh: jax.sharding.Mesh
     shardings: dict
     batch_sharding: jax.sharding.NamedSharding
+    abstract: dict
     checkpointer: Checkpointer
     recovery: RecoveryLog
     writer: metrics_lib.MetricsWriter | None = None
@@ -87,16 +89,17 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     seq_len = data.task_feature_lengths["targets"]
     batch_sharding = partitioning.named_sharding(
         ("batch", "length"), (data.global_batch_size, seq_len), mesh, activation_rules)
-    run = Run(spec, mesh, shardings, batch_sharding, Checkpointer(model_dir, checkpoint),
-              RecoveryLog(model_dir))
+    run = Run(spec, mesh, shardings, batch_sharding, abstract,
+              Checkpointer(model_dir, checkpoint), RecoveryLog(model_dir))
     _write_config(model_dir)
 
     with partitioning.activation_sharding(mesh, activation_rules):
         state, position, origin = _restore_or_init(run, optimizer, abstract, seed,
                                                    initial_checkpoint_path)
-        faults = FaultInjector()
+        faults, divergence_cfg = FaultInjector(), DivergenceConfig()
         train_step = steps.make_train_step(spec, optimizer, schedule, shardings,
-                                           batch_sharding, num_microbatches, faults)
+                                           batch_sharding, num_microbatches, faults,
+                                           divergence_cfg)
         eval_step = steps.make_eval_step(spec, shardings["params"], batch_sharding)
         start_step = int(jax.device_get(state["step"]))
         run.writer = metrics_lib.MetricsWriter(model_dir, train_steps, start_step)
@@ -107,15 +110,15 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
             log_every=log_every, eval_every=eval_every,
             tokens_per_step=data.global_batch_size * seq_len,
             flops_per_token=metrics_lib.train_flops_per_token(cfg, seq_len),
-            peak_flops=metrics_lib.total_peak_flops(peak_flops_per_device), faults=faults)
-        batches = input_pipeline.train_batches(data, position, jax.process_index(),
-                                               jax.process_count())
+            peak_flops=metrics_lib.total_peak_flops(peak_flops_per_device), faults=faults,
+            divergence=divergence_cfg,
+            batches_from=lambda start: input_pipeline.train_batches(
+                data, start, jax.process_index(), jax.process_count()))
         eval_batches = [_global_batch(b, batch_sharding) for b in input_pipeline.eval_batches(
             data, eval_steps, jax.process_index(), jax.process_count())] if eval_every else []
         try:
             with PreemptionWatch() as preemption, Watchdog(WatchdogConfig()) as watchdog:
-                return _loop(run, context, state, position, batches, eval_batches, preemption,
-                             watchdog)
+                return _loop(run, context, state, position, eval_batches, preemption, watchdog)
         finally:
             run.checkpointer.wait()
             run.checkpointer.close()
@@ -133,27 +136,35 @@ class _LoopContext:
     flops_per_token: float
     peak_flops: float
     faults: FaultInjector
+    divergence: DivergenceConfig
+    batches_from: object
 
 
-def _loop(run: Run, ctx: _LoopContext, state, position: int, batches, eval_batches,
+def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
           preemption: PreemptionWatch, watchdog: Watchdog) -> dict:
     """Dispatches step N+1 before reading step N's metrics, so the host never stalls.
 
-    On a preemption notice the current step is saved, even off the interval, its
-    metrics are written, and `Preempted` is raised.
+    An anomalous step N is known once step N+1 is in flight; if the ladder calls for a
+    rollback, both are dropped. On a preemption notice the current step is saved, even
+    off the interval, its metrics are written, and `Preempted` is raised.
     """
     step = int(jax.device_get(state["step"]))
-    meter = _Throughput(step, ctx.tokens_per_step)
-    pending, logged = None, {}
+    meter, ladder = _Throughput(step, ctx.tokens_per_step), DivergenceLadder(ctx.divergence,
+                                                                              run.recovery)
+    batches, pending, logged = ctx.batches_from(position), None, {}
     while step < ctx.train_steps:
         batch = _global_batch(next(batches), run.batch_sharding)
-        state, step_metrics = ctx.train_step(state, batch)
+        state, step_metrics = ctx.train_step(state, batch, np.int32(position))
         step, position = step + 1, position + 1
         ctx.faults.maybe_hang(step)
         if pending is not None:
-            _record_skips(run, *pending)
+            action = ladder.observe(pending[0], int(jax.device_get(pending[1]["anomaly"])))
             if _should_log(pending[0], ctx):
                 logged = _log(run, ctx, *pending, meter)
+            if action:
+                state, position, step = _roll_back(run, ctx, pending[0], action)
+                batches, pending = ctx.batches_from(position), None
+                continue
         pending = (step, step_metrics)
         with meter.excluded():
             if ctx.eval_every and (step % ctx.eval_every == 0 or step == ctx.train_steps):
@@ -165,20 +176,32 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, batches, eval_batch
                                   force=stop or step == ctx.train_steps)
             ctx.faults.maybe_signal(step)
         if stop:
-            _record_skips(run, *pending)
             _log(run, ctx, *pending, meter)
             run.checkpointer.wait()
             raise Preempted(step)
         watchdog.beat()
     if pending is not None:
-        _record_skips(run, *pending)
+        ladder.observe(pending[0], int(jax.device_get(pending[1]["anomaly"])))
         logged = _log(run, ctx, *pending, meter)
     return logged
 
 
-def _record_skips(run: Run, step: int, step_metrics) -> None:
-    if int(jax.device_get(step_metrics["skipped"])):
-        run.recovery.record(step, "non_finite_loss_or_gradients", "skipped_update")
+def _roll_back(run: Run, ctx: _LoopContext, step: int, action: str):
+    """(state, data position, step) after returning to the latest checkpoint."""
+    run.checkpointer.wait()
+    restored = run.checkpointer.restore_latest(run.abstract, run.shardings)
+    if restored is None:
+        run.recovery.record(step, "no_checkpoint", "stopped_diverged")
+        raise Diverged(f"diverged at step {step} with no checkpoint to roll back to")
+    restored_step, state, meta = restored
+    if action == "rollback_lower_lr":
+        health = {**state["health"], "lr_scale": state["health"]["lr_scale"]
+                  * ctx.divergence.lr_factor}
+        state = {**state, "health": health}
+    skipped = ctx.divergence.skip_batches
+    run.recovery.record(step, "repeated_anomalies",
+                        f"{action}_to_step_{restored_step}", batches_skipped=skipped)
+    return state, int(meta["data_position"]) + skipped, restored_step
 
 
 def _should_log(step: int, ctx: _LoopContext) -> bool:

@@ -30,7 +30,7 @@ def run_losses(mesh_shape, num_steps=10, num_microbatches=1, cfg=TINY, name="ada
         for i in range(num_steps):
             batch = {k: jax.device_put(v, batch_sharding)
                      for k, v in packed_batch(8, 32, cfg.vocab_size, seed=i % 2).items()}
-            state, metrics = step(state, batch)
+            state, metrics = step(state, batch, i)
             losses.append(float(metrics["loss"]))
     return np.array(losses), state
 
