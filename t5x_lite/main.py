@@ -19,6 +19,10 @@ flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings; `--gin.KEY=VALUE` i
 flags.DEFINE_multi_string("gin_search_paths", [], "Extra folders to look for gin files in.")
 flags.DEFINE_integer("vocab_size", 8192, "build-vocab: SentencePiece vocabulary size.")
 flags.DEFINE_string("output", None, "build-vocab: where to write the model (default: cache).")
+flags.DEFINE_string("coordinator_address", None, "train: host:port of process 0 for a "
+                    "multi-process run (with --num_processes and --process_id).")
+flags.DEFINE_integer("num_processes", None, "train: number of processes in the run.")
+flags.DEFINE_integer("process_id", None, "train: this process's index, 0 ... num_processes-1.")
 flags.DEFINE_integer("max_restarts", 10, "supervise: restarts allowed after preemption, "
                      "a hang or a crash.")
 flags.DEFINE_float("grace_seconds", 60.0, "supervise: wait this long after forwarding "
@@ -42,7 +46,19 @@ def register_configurables() -> None:
     from t5x_lite.models import config  # noqa: F401
 
 
+def _initialize_distributed() -> None:
+    """Joins a multi-process run when --coordinator_address is given."""
+    if FLAGS.coordinator_address is None:
+        return
+    if FLAGS.num_processes is None or FLAGS.process_id is None:
+        raise ConfigError("--coordinator_address needs --num_processes and --process_id too.")
+    import jax
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+
+
 def _train() -> None:
+    _initialize_distributed()
     register_configurables()
     gin_config.parse(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     gin_config.check_required_macros()

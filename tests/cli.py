@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 SMALL_RUN = ["--gin_file=quickstart.gin", "--gin.BATCH_SIZE=8",
              "--gin.TASK_FEATURE_LENGTHS={'targets': 32}", "--gin.train.eval_every=None",
@@ -37,3 +38,36 @@ def losses_by_step(model_dir) -> dict[int, list[float]]:
         if "loss" in record:
             losses.setdefault(record["step"], []).append(record["loss"])
     return losses
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_processes(args: list[str], num_processes: int, devices_each: int, port: int):
+    """Starts one `t5x_lite train` per process of a run on 127.0.0.1."""
+    return [subprocess.Popen(
+        [*args, f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
+         f"--process_id={index}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=cli_env(devices_each)) for index in range(num_processes)]
+
+
+def run_processes(args: list[str], num_processes: int = 2, devices_each: int = 2,
+                  timeout: int = 600) -> list[tuple[int, str]]:
+    processes = start_processes(args, num_processes, devices_each, free_port())
+    stderrs = [process.communicate(timeout=timeout)[1] for process in processes]
+    return [(process.returncode, stderr) for process, stderr in zip(processes, stderrs)]
+
+
+def wait_for_step(model_dir, step: int, processes, timeout: float = 300) -> None:
+    """Waits until metrics.jsonl holds `step` (while every process is still running)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and all(p.poll() is None for p in processes):
+        if os.path.exists(os.path.join(model_dir, "metrics.jsonl")) and max(
+                losses_by_step(model_dir), default=0) >= step:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} never appeared in {model_dir}")
