@@ -71,9 +71,12 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def due(self, step: int, force: bool = False) -> bool:
+        return force or step % self.save_every == 0
+
     def save(self, step: int, state, meta: dict, force: bool = False) -> bool:
         """Saves every `save_every` steps, or now with `force`; True if a save started."""
-        if not force and step % self.save_every:
+        if not self.due(step, force):
             return False
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   meta=ocp.args.JsonSave(meta))

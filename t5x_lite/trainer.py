@@ -7,6 +7,7 @@ import time
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from t5x_lite import metrics as metrics_lib
@@ -172,8 +173,7 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
                 run.writer.write(step, {"eval_loss": eval_loss})
                 run.writer.message(f"step {step}: eval_loss {eval_loss:.4f}")
             stop = preemption.should_stop()
-            run.checkpointer.save(step, state, _meta(run.spec.cfg, position),
-                                  force=stop or step == ctx.train_steps)
+            _save_if_finite(run, step, state, position, force=stop or step == ctx.train_steps)
             ctx.faults.maybe_signal(step)
         if stop:
             _log(run, ctx, *pending, meter)
@@ -184,6 +184,21 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
         ladder.observe(pending[0], int(jax.device_get(pending[1]["anomaly"])))
         logged = _log(run, ctx, *pending, meter)
     return logged
+
+
+@jax.jit
+def _all_finite(params) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+
+
+def _save_if_finite(run: Run, step: int, state, position: int, force: bool) -> None:
+    """Saves when due, unless a parameter is not finite: such a checkpoint is never written."""
+    if not run.checkpointer.due(step, force):
+        return
+    if not bool(jax.device_get(_all_finite(state["params"]))):
+        run.recovery.record(step, "non_finite_params", "checkpoint_not_written")
+        return
+    run.checkpointer.save(step, state, _meta(run.spec.cfg, position), force=True)
 
 
 def _roll_back(run: Run, ctx: _LoopContext, step: int, action: str):

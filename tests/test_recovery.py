@@ -1,6 +1,7 @@
 """Divergence: anomalous steps are skipped, repeated ones roll back, hopeless runs stop."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -113,3 +114,15 @@ def test_a_hopeless_run_stops_as_diverged(tmp_path):
     assert "rollback_to_step_4" in actions[3]
     assert any(a.startswith("rollback_lower_lr") for a in actions)
     assert actions[-1] == "stopped_diverged"
+
+
+def test_a_checkpoint_with_non_finite_params_is_never_written(tmp_path):
+    blow_up = ["--gin.FaultInjector.lr_factor_at_steps=(3,)",
+               "--gin.FaultInjector.lr_factor=1e300"]
+    result = run_cli(train_command(tmp_path, 30, *blow_up, *LADDER))
+    assert result.returncode == 77, result.stderr[-3000:]
+    records = _recovery_records(tmp_path)
+    assert {"step": 4, "signal": "non_finite_params", "action": "checkpoint_not_written",
+            "batches_skipped": 0} in records
+    assert records[-1]["action"] == "stopped_diverged"
+    assert not [n for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()]
