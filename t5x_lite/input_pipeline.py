@@ -21,11 +21,11 @@ import tensorflow as tf
 
 from t5x_lite import data  # Registers the built-in Tasks; hides accelerators from TF.
 from t5x_lite.errors import ConfigError
+from t5x_lite.steps import BATCH_KEYS
 
 data.hide_accelerators_from_tensorflow()
 
-MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-                  "decoder_segment_ids", "decoder_positions")
+MODEL_FEATURES = BATCH_KEYS
 _EVAL_SEED = 0  # Eval data does not depend on the training seed.
 
 

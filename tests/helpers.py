@@ -1,8 +1,14 @@
 """Small models and synthetic packed batches shared by the tests."""
 
+import contextlib
+
+import jax
 import numpy as np
 
+from t5x_lite import optim, partitioning, steps
+from t5x_lite.faults import FaultInjector
 from t5x_lite.models.config import DecoderConfig
+from t5x_lite.train_state import ModelSpec, init_state, state_shardings
 
 TINY = DecoderConfig(num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8,
                      mlp_dim=64, vocab_size=64)
@@ -23,3 +29,24 @@ def packed_batch(rows: int, length: int, vocab: int, seed: int = 0) -> dict:
     return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets,
             "decoder_loss_weights": np.ones((rows, length), np.int32),
             "decoder_segment_ids": segment_ids, "decoder_positions": positions}
+
+
+@contextlib.contextmanager
+def tiny_training(mesh_shape, warmup_steps: int, decay_steps: int, cfg=TINY, name="adamw",
+                  num_microbatches: int = 1, faults: FaultInjector = FaultInjector()):
+    """Yields (state, train_step, batch_sharding) for 8 x 32 batches on a mesh of the first
+    devices, inside the mesh's activation-sharding context."""
+    devices = jax.devices()[:int(np.prod(mesh_shape))]
+    mesh = partitioning.create_mesh(mesh_shape, devices=devices)
+    param_rules, activation_rules = partitioning.axis_rules()
+    schedule = optim.create_schedule(warmup_steps=warmup_steps, decay_steps=decay_steps)
+    optimizer = optim.create_optimizer(schedule, name=name)
+    spec = ModelSpec.create(cfg)
+    _, shardings = state_shardings(spec, optimizer, mesh, param_rules)
+    batch_sharding = partitioning.named_sharding(("batch", "length"), (8, 32), mesh,
+                                                 activation_rules)
+    with partitioning.activation_sharding(mesh, activation_rules):
+        state = init_state(spec, optimizer, shardings, seed=0)
+        train_step = steps.make_train_step(spec, optimizer, schedule, shardings, batch_sharding,
+                                           num_microbatches, faults)
+        yield state, train_step, batch_sharding

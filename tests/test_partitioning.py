@@ -4,28 +4,16 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_lite import optim, partitioning, steps
+from t5x_lite import partitioning
 from t5x_lite.errors import ConfigError
-from t5x_lite.train_state import ModelSpec, init_state, state_shardings
-from tests.helpers import TINY, packed_batch
+from tests.helpers import TINY, packed_batch, tiny_training
 
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2)]
 
 
 def run_losses(mesh_shape, num_steps=10, num_microbatches=1, cfg=TINY, name="adamw"):
-    devices = jax.devices()[:int(np.prod(mesh_shape))]
-    mesh = partitioning.create_mesh(mesh_shape, devices=devices)
-    param_rules, activation_rules = partitioning.axis_rules()
-    schedule = optim.create_schedule(warmup_steps=3, decay_steps=num_steps)
-    optimizer = optim.create_optimizer(schedule, name=name)
-    spec = ModelSpec.create(cfg)
-    _, shardings = state_shardings(spec, optimizer, mesh, param_rules)
-    batch_sharding = partitioning.named_sharding(("batch", "length"), (8, 32), mesh,
-                                                 activation_rules)
-    with partitioning.activation_sharding(mesh, activation_rules):
-        state = init_state(spec, optimizer, shardings, seed=0)
-        step = steps.make_train_step(spec, optimizer, schedule, shardings, batch_sharding,
-                                     num_microbatches)
+    with tiny_training(mesh_shape, 3, num_steps, cfg, name, num_microbatches) as (
+            state, step, batch_sharding):
         losses = []
         for i in range(num_steps):
             batch = {k: jax.device_put(v, batch_sharding)

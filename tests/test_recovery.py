@@ -6,26 +6,14 @@ import os
 import jax
 import numpy as np
 
-from t5x_lite import optim, partitioning, steps
 from t5x_lite.faults import FaultInjector
-from t5x_lite.train_state import ModelSpec, init_state, state_shardings
 from tests.cli import losses_by_step, run_cli, train_command
-from tests.helpers import TINY, packed_batch
+from tests.helpers import TINY, packed_batch, tiny_training
 
 
 def test_nan_step_leaves_params_and_optimizer_state_untouched():
-    mesh = partitioning.create_mesh((2, 2, 2))
-    param_rules, activation_rules = partitioning.axis_rules()
-    schedule = optim.create_schedule(warmup_steps=2, decay_steps=10)
-    optimizer = optim.create_optimizer(schedule)
-    spec = ModelSpec.create(TINY)
-    _, shardings = state_shardings(spec, optimizer, mesh, param_rules)
-    batch_sharding = partitioning.named_sharding(("batch", "length"), (8, 32), mesh,
-                                                 activation_rules)
-    with partitioning.activation_sharding(mesh, activation_rules):
-        state = init_state(spec, optimizer, shardings, seed=0)
-        train_step = steps.make_train_step(spec, optimizer, schedule, shardings, batch_sharding,
-                                           faults=FaultInjector(nan_loss_at_steps=(3,)))
+    with tiny_training((2, 2, 2), 2, 10, faults=FaultInjector(nan_loss_at_steps=(3,))) as (
+            state, train_step, batch_sharding):
         batch = {k: jax.device_put(v, batch_sharding)
                  for k, v in packed_batch(8, 32, TINY.vocab_size).items()}
         snapshots, metrics = [], []
