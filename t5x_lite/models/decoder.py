@@ -3,7 +3,13 @@
 With `scan_layers` the blocks are stored stacked (leading `layers` axis) and run
 under `jax.lax.scan`, so compile time stays flat in depth; otherwise they are
 separate modules `layer_0 ... layer_{L-1}` run in a Python loop.
+
+`Decoder.decode` is the cached inference path: it runs T new tokens against a
+`KVCache` (keys and values of every layer, stacked along a leading layers axis
+in both layouts) and returns the logits and the updated cache.
 """
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +18,20 @@ from flax import nnx
 from t5x_lite.models.config import REMAT_POLICIES, DecoderConfig
 from t5x_lite.models.layers import DecoderBlock, RMSNorm, attention_mask, param
 from t5x_lite.partitioning import constrain
+
+
+class KVCache(NamedTuple):
+    """Rotated keys and values of every layer, in S preallocated slots per row."""
+
+    k_LBSKH: jax.Array
+    v_LBSKH: jax.Array
+
+
+def init_cache(cfg: DecoderConfig, batch: int, length: int) -> KVCache:
+    """An all-zero cache of `length` slots for `batch` rows, in the compute dtype."""
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    zeros_LBSKH = jnp.zeros(shape, cfg.compute_dtype)
+    return KVCache(zeros_LBSKH, zeros_LBSKH)
 
 
 def _stacked_blocks(cfg: DecoderConfig, rngs: nnx.Rngs) -> DecoderBlock:
@@ -47,14 +67,40 @@ class Decoder(nnx.Module):
     def __call__(self, input_tokens_BT, positions_BT, segment_ids_BT) -> jax.Array:
         """Float32 logits [B, T, V] for the next token at every position."""
         cfg = self.cfg
-        x_BTD = jnp.take(self.embed_VD[...], input_tokens_BT, axis=0).astype(cfg.compute_dtype)
-        x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
+        x_BTD = self._embed(input_tokens_BT)
         mask_B1TS = attention_mask(segment_ids_BT)
         if cfg.scan_layers:
             x_BTD = self._run_scanned(x_BTD, positions_BT, mask_B1TS)
         else:
             for i in range(cfg.num_layers):
                 x_BTD = self._remat(getattr(self, f"layer_{i}"))(x_BTD, positions_BT, mask_B1TS)
+        return self._logits(x_BTD)
+
+    def decode(self, tokens_BT, positions_BT, mask_B1TS, cache: KVCache, index):
+        """Runs T new tokens, written at cache slots [index, index + T).
+
+        `mask_B1TS` says which of the S cache slots each new token attends to.
+        Returns (float32 logits [B, V] for the token after the last new one,
+        updated cache).
+        """
+        x_BTD = self._embed(tokens_BT)
+        if self.cfg.scan_layers:
+            x_BTD, cache = self._decode_scanned(x_BTD, positions_BT, mask_B1TS, cache, index)
+        else:
+            k_LBSKH, v_LBSKH = cache
+            for i in range(self.cfg.num_layers):
+                x_BTD, k_BSKH, v_BSKH = getattr(self, f"layer_{i}").decode(
+                    x_BTD, positions_BT, mask_B1TS, k_LBSKH[i], v_LBSKH[i], index)
+                k_LBSKH, v_LBSKH = k_LBSKH.at[i].set(k_BSKH), v_LBSKH.at[i].set(v_BSKH)
+            cache = KVCache(k_LBSKH, v_LBSKH)
+        return self._logits(x_BTD[:, -1:])[:, 0], cache
+
+    def _embed(self, tokens_BT):
+        x_BTD = jnp.take(self.embed_VD[...], tokens_BT, axis=0).astype(self.cfg.compute_dtype)
+        return constrain(x_BTD, ("batch", "length", "embed"))
+
+    def _logits(self, x_BTD):
+        cfg = self.cfg
         x_BTD = self.final_norm(x_BTD)
         head_DV = self.embed_VD[...].T if cfg.tie_embeddings else self.lm_head_DV[...]
         logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, head_DV.astype(cfg.compute_dtype))
@@ -77,3 +123,16 @@ class Decoder(nnx.Module):
 
         x_BTD, _ = jax.lax.scan(self._remat(body), x_BTD, stacked_state)
         return x_BTD
+
+    def _decode_scanned(self, x_BTD, positions_BT, mask_B1TS, cache: KVCache, index):
+        graphdef, stacked_state = nnx.split(self.blocks)
+
+        def body(carry_BTD, layer):
+            layer_state, k_BSKH, v_BSKH = layer
+            block = nnx.merge(graphdef, layer_state)
+            carry_BTD, k_BSKH, v_BSKH = block.decode(
+                carry_BTD, positions_BT, mask_B1TS, k_BSKH, v_BSKH, index)
+            return carry_BTD, (k_BSKH, v_BSKH)
+
+        x_BTD, (k_LBSKH, v_LBSKH) = jax.lax.scan(body, x_BTD, (stacked_state, *cache))
+        return x_BTD, KVCache(k_LBSKH, v_LBSKH)

@@ -66,6 +66,25 @@ class Attention(nnx.Module):
         self.dtype = cfg.compute_dtype
 
     def __call__(self, x_BTD, positions_BT, mask_B1TS):
+        q_BTNH, k_BSKH, v_BSKH = self._project(x_BTD, positions_BT)
+        out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS)
+        return self._output(out_BTNH)
+
+    def decode(self, x_BTD, positions_BT, mask_B1TS, k_BSKH, v_BSKH, index):
+        """Attention of T new tokens over a cache of S slots.
+
+        The new keys and values are written into the cache at slots
+        [index, index + T) first; `mask_B1TS` says which slots each query sees.
+        Returns (output, updated key cache, updated value cache).
+        """
+        q_BTNH, k_BTKH, v_BTKH = self._project(x_BTD, positions_BT)
+        k_BSKH = _write_cache(k_BSKH, k_BTKH, index)
+        v_BSKH = _write_cache(v_BSKH, v_BTKH, index)
+        out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS)
+        return self._output(out_BTNH), k_BSKH, v_BSKH
+
+    def _project(self, x_BTD, positions_BT):
+        """Queries and keys (both rotated) and values of the tokens in x."""
         dtype = self.dtype
         q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q_DNH[...].astype(dtype))
         k_BSKH = jnp.einsum("BSD,DKH->BSKH", x_BTD, self.k_DKH[...].astype(dtype))
@@ -75,8 +94,17 @@ class Attention(nnx.Module):
         k_BSKH = constrain(apply_rotary(k_BSKH, positions_BT, self.rope_theta),
                            ("batch", "length", "kv_heads", "head_dim"))
         v_BSKH = constrain(v_BSKH, ("batch", "length", "kv_heads", "head_dim"))
-        out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS)
-        return jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_NHD[...].astype(dtype))
+        return q_BTNH, k_BSKH, v_BSKH
+
+    def _output(self, out_BTNH):
+        return jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_NHD[...].astype(self.dtype))
+
+
+def _write_cache(cache_BSKH, new_BTKH, index):
+    """The cache with slots [index, index + T) replaced by the new keys or values."""
+    cache_BSKH = jax.lax.dynamic_update_slice_in_dim(
+        cache_BSKH, new_BTKH.astype(cache_BSKH.dtype), index, axis=1)
+    return constrain(cache_BSKH, ("batch", "length", "kv_heads", "head_dim"))
 
 
 class MLP(nnx.Module):
@@ -109,5 +137,14 @@ class DecoderBlock(nnx.Module):
 
     def __call__(self, x_BTD, positions_BT, mask_B1TS):
         x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_BT, mask_B1TS)
+        return self._mlp_residual(x_BTD)
+
+    def decode(self, x_BTD, positions_BT, mask_B1TS, k_BSKH, v_BSKH, index):
+        """The block on T new tokens with this layer's KV cache (see Attention.decode)."""
+        attn_BTD, k_BSKH, v_BSKH = self.attn.decode(
+            self.attn_norm(x_BTD), positions_BT, mask_B1TS, k_BSKH, v_BSKH, index)
+        return self._mlp_residual(x_BTD + attn_BTD), k_BSKH, v_BSKH
+
+    def _mlp_residual(self, x_BTD):
         x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
         return constrain(x_BTD, ("batch", "length", "embed"))
