@@ -204,15 +204,13 @@ def decode(spec: ModelSpec, params, prompts: Sequence[Sequence[int]], max_decode
         raise ValueError("decode needs at least one prompt and max_decode_len >= 1.")
     rules = _frozen_rules(rules)
     generate = _compiled_generate(spec.cfg, max_decode_len, sampling, mesh, rules)
-    rng = jax.random.key(0) if rng is None else rng
-    key_data = np.asarray(jax.random.key_data(rng) if jnp.issubdtype(
-        rng.dtype, jax.dtypes.prng_key) else rng)
+    eos_id = -1 if eos_id is None else eos_id  # -1 matches no token
     tokens_BP, starts_B = pad_prompts(prompts, prompt_length)
     with _activation_sharding(mesh, rules):
         params = _place_params(spec, params, mesh, rules)
-        tokens_BL, log_probs_BL = generate(params, *_place_rows((tokens_BP, starts_B), mesh,
-                                                               rules), key_data,
-                                           np.int32(-1 if eos_id is None else eos_id))
+        tokens_BP, starts_B = _place_rows((tokens_BP, starts_B), mesh, rules)
+        tokens_BL, log_probs_BL = generate(params, tokens_BP, starts_B, _key_data(rng),
+                                           np.int32(eos_id))
     tokens_BL, log_probs_BL = np.asarray(tokens_BL), np.asarray(log_probs_BL)
     is_eos_BL = tokens_BL == eos_id
     lengths_B = np.where(is_eos_BL.any(axis=1), is_eos_BL.argmax(axis=1) + 1, max_decode_len)
@@ -253,6 +251,14 @@ def _compiled_generate(cfg: DecoderConfig, max_decode_len, sampling, mesh, rules
 def _compiled_log_likelihood(cfg: DecoderConfig, mesh, rules):
     log_likelihood = functools.partial(_log_likelihood, ModelSpec.create(cfg))
     return jax.jit(log_likelihood, out_shardings=_replicated(mesh))
+
+
+def _key_data(rng: jax.Array | None) -> np.ndarray:
+    """The raw bits of a typed or legacy key (default: key 0), to pass into jit."""
+    rng = jax.random.key(0) if rng is None else rng
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.key_data(rng)
+    return np.asarray(rng)
 
 
 def _replicated(mesh):

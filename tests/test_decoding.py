@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,6 +177,15 @@ def test_temperature_sampling_is_seeded_and_stays_in_the_top_k():
                            rng=jax.random.key(1))
     unrestricted_logits_BLV = continuation_logits("scanned", PROMPTS, unrestricted.tokens)
     assert _outside_top_k(unrestricted.tokens, unrestricted_logits_BLV, 4) > 0
+
+
+def test_sampling_config_binds_from_gin():
+    gin.clear_config()
+    try:
+        gin.parse_config("SamplingConfig.temperature = 0.7\nSamplingConfig.top_k = 40")
+        assert SamplingConfig() == SamplingConfig(temperature=0.7, top_k=40, top_p=1.0)
+    finally:
+        gin.clear_config()
 
 
 @pytest.mark.parametrize("bad", [{"temperature": -1.0}, {"top_k": -1}, {"top_p": 0.0},
