@@ -54,13 +54,38 @@ def with_shardings(abstract_tree, shardings):
         leaf.shape, leaf.dtype, sharding=sharding), abstract_tree, shardings)
 
 
-class Checkpointer:
-    """The run's checkpoints in `<model_dir>/checkpoints`."""
+@dataclasses.dataclass
+class KeepRollbackTarget(ocp.checkpoint_managers.PreservationPolicy):
+    """Preserves the newest checkpoint more than `margin` steps older than the newest one,
+    and every newer one (each becomes that target later), so a rollback past a slowly
+    building divergence always has a checkpoint to land on."""
 
-    def __init__(self, model_dir: str, cfg: CheckpointConfig):
+    margin: int
+
+    def should_preserve(self, checkpoints, *, context) -> list[bool]:
+        steps = [checkpoint.step for checkpoint in checkpoints]
+        limit = max(steps, default=0) - self.margin
+        target = max((step for step in steps if step < limit), default=min(steps, default=0))
+        return [step >= target for step in steps]
+
+
+def _preservation_policy(cfg: CheckpointConfig, rollback_margin: int | None):
+    policies = [ocp.checkpoint_managers.LatestN(cfg.keep)]
+    if cfg.keep_every:
+        policies.append(ocp.checkpoint_managers.EveryNSteps(cfg.keep_every))
+    if rollback_margin is not None:
+        policies.append(KeepRollbackTarget(rollback_margin))
+    return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
+
+
+class Checkpointer:
+    """The run's checkpoints in `<model_dir>/checkpoints`: the last `keep`, every
+    `keep_every`-th, and the rollback target of `rollback_margin` (if given)."""
+
+    def __init__(self, model_dir: str, cfg: CheckpointConfig, rollback_margin: int | None = None):
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=1, max_to_keep=cfg.keep,
-            keep_period=cfg.keep_every, enable_async_checkpointing=cfg.async_save,
+            save_interval_steps=1, enable_async_checkpointing=cfg.async_save,
+            preservation_policy=_preservation_policy(cfg, rollback_margin),
             cleanup_tmp_directories=True)
         self.save_every = cfg.save_every
         self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
@@ -68,8 +93,8 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_handlers=handlers)
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
 
     def due(self, step: int, force: bool = False) -> bool:
         return force or step % self.save_every == 0
@@ -93,13 +118,18 @@ class Checkpointer:
         restored = self.manager.restore(step, args=args)
         return restored["state"], restored["meta"]
 
-    def restore_latest(self, abstract_state, shardings):
+    def restore_latest(self, abstract_state, shardings, before: int | None = None):
         """(step, state, meta) of the newest readable checkpoint, or None if there is none.
 
+        With `before`, the newest readable one before that step, else the oldest readable one.
         An unreadable step (truncated or corrupted files) is logged, moved aside to
-        `<step>.corrupt` and the next older one tried; a shape mismatch is a config error.
+        `<step>.corrupt` and the next candidate tried; a shape mismatch is a config error.
         """
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        newest_first = sorted(self.manager.all_steps(), reverse=True)
+        if before is not None:
+            newest_first = ([s for s in newest_first if s < before]
+                            + sorted(s for s in newest_first if s >= before))
+        for step in newest_first:
             try:
                 return (step, *self.restore(step, abstract_state, shardings))
             except ConfigError:

@@ -24,9 +24,12 @@ class DivergenceConfig:
     """Detection (in the step) and the escalation ladder (on the host).
 
     Ladder: every anomalous step is skipped; after `max_consecutive_skips` in a row the
-    run rolls back to its latest checkpoint and skips `skip_batches` batches; from the
-    second rollback on, the learning rate is also multiplied by `lr_factor`; after
-    `max_rollbacks` rollbacks the run stops as diverged.
+    run rolls back to the newest checkpoint more than `rollback_margin` steps before the
+    first anomalous step of the streak (a divergence builds up before it is detected) and
+    skips `skip_batches` batches; from the second rollback on, the learning rate is also
+    multiplied by `lr_factor`; after `max_rollbacks` rollbacks the run stops as diverged.
+    `rollbacks_reset_after` healthy steps close an incident: the next one starts again at
+    the first rollback.
     """
 
     window: int = 100
@@ -37,6 +40,8 @@ class DivergenceConfig:
     skip_batches: int = 200
     lr_factor: float = 0.5
     max_rollbacks: int = 3
+    rollback_margin: int = 100
+    rollbacks_reset_after: int = 1000
 
 
 def init_health(window: int) -> dict:

@@ -17,7 +17,9 @@ class FaultInjector:
     `lr_factor_at_steps`, `lr_factor`: these steps' updates are multiplied by the factor.
     Both follow the data: after a rollback that skips batches they do not recur.
     `hang_at_step`: the host loop stops making progress after this step.
-    `signal_at_step`, `signal_name`: the process signals itself after this step."""
+    `signal_at_step`, `signal_name`: the process signals itself after this step.
+    `corrupt_checkpoint_at_step`: once this step's checkpoint is written, its files are
+    truncated and overwritten with garbage, as a disk or network fault would leave them."""
 
     nan_loss_at_steps: tuple[int, ...] = ()
     lr_factor_at_steps: tuple[int, ...] = ()
@@ -25,12 +27,20 @@ class FaultInjector:
     hang_at_step: int | None = None
     signal_at_step: int | None = None
     signal_name: str = "SIGKILL"
+    corrupt_checkpoint_at_step: int | None = None
 
     def maybe_signal(self, step: int) -> None:
         """Sends `signal_name` to this process after step `signal_at_step` (and after
         its checkpoint save has started, so a kill can land while the save is in flight)."""
         if step == self.signal_at_step:
             os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+    def maybe_corrupt_checkpoint(self, step: int, checkpointer) -> None:
+        if step != self.corrupt_checkpoint_at_step:
+            return
+        checkpointer.wait()
+        if step in checkpointer.all_steps() and jax.process_index() == 0:
+            corrupt_files(os.path.join(checkpointer.directory, str(step), "state"))
 
     def maybe_hang(self, step: int) -> None:
         if step == self.hang_at_step:
@@ -44,6 +54,17 @@ class FaultInjector:
     def update_scale(self, position: jax.Array) -> jax.Array:
         """1.0, or `lr_factor` for the batches of the steps in `lr_factor_at_steps`."""
         return _at_steps(position, self.lr_factor_at_steps, self.lr_factor)
+
+
+def corrupt_files(directory: str) -> None:
+    """Truncates every file under `directory` to a third and writes garbage at its start."""
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "r+b") as f:
+                f.truncate(max(os.path.getsize(path) // 3, 1))
+                f.seek(0)
+                f.write(b"\xff\x00garbage")
 
 
 def _at_steps(position: jax.Array, steps: tuple[int, ...], value: float) -> jax.Array:

@@ -59,6 +59,15 @@ def total_peak_flops(peak_flops_per_device: float | None = None) -> float:
     return measure_host_flops() * jax.process_count()
 
 
+def last_logged_step(model_dir: str) -> int:
+    """The highest step in MODEL_DIR/metrics.jsonl (0 if none): how far earlier attempts got."""
+    path = os.path.join(model_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return max((json.loads(line)["step"] for line in f if line.strip()), default=0)
+
+
 class MetricsWriter:
     """Writes scalars on process 0: JSON lines, TensorBoard events and a progress bar."""
 

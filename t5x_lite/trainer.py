@@ -1,9 +1,7 @@
 """The pretraining loop: restore or init, then steps, metrics, eval and checkpoints."""
 
-import contextlib
 import dataclasses
 import os
-import time
 
 import gin
 import jax
@@ -15,9 +13,10 @@ from t5x_lite import optim, partitioning, steps
 from t5x_lite.checkpointing import CheckpointConfig, Checkpointer, restore_params
 from t5x_lite.divergence import DivergenceConfig
 from t5x_lite.faults import FaultInjector
+from t5x_lite.goodput import Goodput
 from t5x_lite.models.config import DecoderConfig
 from t5x_lite.preemption import Preempted, PreemptionWatch
-from t5x_lite.recovery import DivergenceLadder, Diverged, RecoveryLog
+from t5x_lite.recovery import Diverged, DivergenceLadder, RecoveryLog, Rollback
 from t5x_lite.train_state import ModelSpec, init_state, state_shardings
 from t5x_lite.watchdog import Watchdog, WatchdogConfig
 
@@ -33,6 +32,7 @@ class Run:
     abstract: dict
     checkpointer: Checkpointer
     recovery: RecoveryLog
+    goodput: Goodput
     writer: metrics_lib.MetricsWriter | None = None
 
 
@@ -43,13 +43,15 @@ def _global_batch(local_batch: dict, sharding) -> dict:
 
 def _restore_or_init(run: Run, optimizer, abstract, seed: int, initial_checkpoint_path):
     """(state, data position): latest in MODEL_DIR, else the initial checkpoint, else init."""
-    restored = run.checkpointer.restore_latest(abstract, run.shardings)
+    with run.goodput.spend("restore"):
+        restored = run.checkpointer.restore_latest(abstract, run.shardings)
     if restored is not None:
         step, state, meta = restored
         return state, int(meta["data_position"]), f"restored step {step}"
     if initial_checkpoint_path:
-        params = restore_params(initial_checkpoint_path, abstract["params"],
-                                run.shardings["params"])
+        with run.goodput.spend("restore"):
+            params = restore_params(initial_checkpoint_path, abstract["params"],
+                                    run.shardings["params"])
         state = init_state(run.spec, optimizer, run.shardings, seed, params=params)
         return state, 0, f"initialized params from {initial_checkpoint_path}"
     return init_state(run.spec, optimizer, run.shardings, seed), 0, "initialized from scratch"
@@ -78,6 +80,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     """Trains until `train_steps`; returns the last logged metrics."""
     from t5x_lite import input_pipeline  # TensorFlow loads only on the data path.
 
+    goodput = Goodput()
     model_dir = os.path.abspath(model_dir)
     vocab = input_pipeline.output_vocabulary(data.mixture_or_task_name)
     cfg = model_config.with_vocab(vocab.vocab_size)
@@ -90,19 +93,22 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     seq_len = data.task_feature_lengths["targets"]
     batch_sharding = partitioning.named_sharding(
         ("batch", "length"), (data.global_batch_size, seq_len), mesh, activation_rules)
+    divergence_cfg = DivergenceConfig()
     run = Run(spec, mesh, shardings, batch_sharding, abstract,
-              Checkpointer(model_dir, checkpoint), RecoveryLog(model_dir))
+              Checkpointer(model_dir, checkpoint, divergence_cfg.rollback_margin),
+              RecoveryLog(model_dir), goodput)
     _write_config(model_dir)
 
     with partitioning.activation_sharding(mesh, activation_rules):
         state, position, origin = _restore_or_init(run, optimizer, abstract, seed,
                                                    initial_checkpoint_path)
-        faults, divergence_cfg = FaultInjector(), DivergenceConfig()
+        faults = FaultInjector()
         train_step = steps.make_train_step(spec, optimizer, schedule, shardings,
                                            batch_sharding, num_microbatches, faults,
                                            divergence_cfg)
         eval_step = steps.make_eval_step(spec, shardings["params"], batch_sharding)
         start_step = int(jax.device_get(state["step"]))
+        furthest_step = metrics_lib.last_logged_step(model_dir)
         run.writer = metrics_lib.MetricsWriter(model_dir, train_steps, start_step)
         run.writer.message(f"{origin}; {_param_count(abstract['params']):,} params; "
                            f"mesh {dict(mesh.shape)}; data position {position}")
@@ -112,7 +118,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
             tokens_per_step=data.global_batch_size * seq_len,
             flops_per_token=metrics_lib.train_flops_per_token(cfg, seq_len),
             peak_flops=metrics_lib.total_peak_flops(peak_flops_per_device), faults=faults,
-            divergence=divergence_cfg,
+            divergence=divergence_cfg, redo_until=furthest_step,
             batches_from=lambda start: input_pipeline.train_batches(
                 data, start, jax.process_index(), jax.process_count()))
         eval_batches = [_global_batch(b, batch_sharding) for b in input_pipeline.eval_batches(
@@ -124,6 +130,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
             run.checkpointer.wait()
             run.checkpointer.close()
             run.writer.close()
+            if jax.process_index() == 0:
+                goodput.write(model_dir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +146,7 @@ class _LoopContext:
     peak_flops: float
     faults: FaultInjector
     divergence: DivergenceConfig
+    redo_until: int
     batches_from: object
 
 
@@ -150,34 +159,41 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
     off the interval, its metrics are written, and `Preempted` is raised.
     """
     step = int(jax.device_get(state["step"]))
-    meter, ladder = _Throughput(step, ctx.tokens_per_step), DivergenceLadder(ctx.divergence,
-                                                                              run.recovery)
+    meter = _Throughput(step, ctx.tokens_per_step, run.goodput.outside_blocks())
+    ladder = DivergenceLadder(ctx.divergence, run.recovery)
     batches, pending, logged = ctx.batches_from(position), None, {}
+    run.goodput.start_steps(step)
     while step < ctx.train_steps:
         batch = _global_batch(next(batches), run.batch_sharding)
         state, step_metrics = ctx.train_step(state, batch, np.int32(position))
         step, position = step + 1, position + 1
         ctx.faults.maybe_hang(step)
+        run.goodput.step(step, ctx.redo_until)
         if pending is not None:
-            action = ladder.observe(pending[0], int(jax.device_get(pending[1]["anomaly"])))
+            rollback = ladder.observe(pending[0], int(jax.device_get(pending[1]["anomaly"])))
             if _should_log(pending[0], ctx):
                 logged = _log(run, ctx, *pending, meter)
-            if action:
-                state, position, step = _roll_back(run, ctx, pending[0], action)
-                batches, pending = ctx.batches_from(position), None
+            if rollback:
+                state, position, rolled_back_to = _roll_back(run, ctx, pending[0], rollback)
+                run.goodput.roll_back(step, rolled_back_to)
+                step, batches, pending = rolled_back_to, ctx.batches_from(position), None
                 continue
         pending = (step, step_metrics)
-        with meter.excluded():
-            if ctx.eval_every and (step % ctx.eval_every == 0 or step == ctx.train_steps):
+        if ctx.eval_every and (step % ctx.eval_every == 0 or step == ctx.train_steps):
+            with run.goodput.spend("evaluation"):
                 eval_loss = _evaluate(ctx.eval_step, state["params"], eval_batches)
-                run.writer.write(step, {"eval_loss": eval_loss})
-                run.writer.message(f"step {step}: eval_loss {eval_loss:.4f}")
-            stop = preemption.should_stop()
-            _save_if_finite(run, step, state, position, force=stop or step == ctx.train_steps)
-            ctx.faults.maybe_signal(step)
+            run.writer.write(step, {"eval_loss": eval_loss})
+            run.writer.message(f"step {step}: eval_loss {eval_loss:.4f}")
+        stop = preemption.should_stop()
+        with run.goodput.spend("checkpointing"):
+            _save_if_healthy(run, step, state, position, ladder,
+                             force=stop or step == ctx.train_steps)
+            ctx.faults.maybe_corrupt_checkpoint(step, run.checkpointer)
+        ctx.faults.maybe_signal(step)
         if stop:
             _log(run, ctx, *pending, meter)
-            run.checkpointer.wait()
+            with run.goodput.spend("checkpointing"):
+                run.checkpointer.wait()
             raise Preempted(step)
         watchdog.beat()
     if pending is not None:
@@ -191,31 +207,40 @@ def _all_finite(params) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
 
 
-def _save_if_finite(run: Run, step: int, state, position: int, force: bool) -> None:
-    """Saves when due, unless a parameter is not finite: such a checkpoint is never written."""
+def _save_if_healthy(run: Run, step: int, state, position: int, ladder: DivergenceLadder,
+                     force: bool) -> None:
+    """Saves when due. A checkpoint with a non-finite parameter is never written, and
+    the regular save waits while an anomaly streak is open (a forced one does not)."""
     if not run.checkpointer.due(step, force):
+        return
+    if ladder.streak_open and not force:
+        run.recovery.record(step, "anomaly_streak_open", "checkpoint_deferred")
         return
     if not bool(jax.device_get(_all_finite(state["params"]))):
         run.recovery.record(step, "non_finite_params", "checkpoint_not_written")
         return
     run.checkpointer.save(step, state, _meta(run.spec.cfg, position), force=True)
+    run.goodput.checkpointed(step)
 
 
-def _roll_back(run: Run, ctx: _LoopContext, step: int, action: str):
-    """(state, data position, step) after returning to the latest checkpoint."""
-    run.checkpointer.wait()
-    restored = run.checkpointer.restore_latest(run.abstract, run.shardings)
+def _roll_back(run: Run, ctx: _LoopContext, step: int, rollback: Rollback):
+    """(state, data position, step) after returning to the checkpoint the ladder asks for."""
+    with run.goodput.spend("restore"):
+        run.checkpointer.wait()
+        restored = run.checkpointer.restore_latest(run.abstract, run.shardings,
+                                                   before=rollback.before)
     if restored is None:
         run.recovery.record(step, "no_checkpoint", "stopped_diverged")
         raise Diverged(f"diverged at step {step} with no checkpoint to roll back to")
     restored_step, state, meta = restored
-    if action == "rollback_lower_lr":
+    if rollback.lower_lr:
         health = {**state["health"], "lr_scale": state["health"]["lr_scale"]
                   * ctx.divergence.lr_factor}
         state = {**state, "health": health}
     skipped = ctx.divergence.skip_batches
-    run.recovery.record(step, "repeated_anomalies",
-                        f"{action}_to_step_{restored_step}", batches_skipped=skipped)
+    action = "rollback_lower_lr" if rollback.lower_lr else "rollback"
+    run.recovery.record(step, "repeated_anomalies", f"{action}_to_step_{restored_step}",
+                        batches_skipped=skipped)
     return state, int(meta["data_position"]) + skipped, restored_step
 
 
@@ -224,32 +249,21 @@ def _should_log(step: int, ctx: _LoopContext) -> bool:
 
 
 class _Throughput:
-    """Tokens per second of training between consecutive logged steps; time spent
-    in `excluded()` blocks (evaluation, checkpoint saves) does not count."""
+    """Tokens per second of training between consecutive logged steps, on a clock that
+    stops during evaluation, checkpoint saves and restores (`Goodput.spend` blocks)."""
 
-    def __init__(self, step: int, tokens_per_step: int):
-        self.step, self.time, self.tokens_per_step = step, time.perf_counter(), tokens_per_step
-        self.excluded_seconds = 0.0
+    def __init__(self, step: int, tokens_per_step: int, seconds: float):
+        self.step, self.seconds, self.tokens_per_step = step, seconds, tokens_per_step
 
-    @contextlib.contextmanager
-    def excluded(self):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.excluded_seconds += time.perf_counter() - start
-
-    def tokens_per_second(self, step: int) -> float:
-        now = time.perf_counter()
-        seconds = max(now - self.time - self.excluded_seconds, 1e-9)
-        rate = (step - self.step) * self.tokens_per_step / seconds
-        self.step, self.time, self.excluded_seconds = step, now, 0.0
+    def tokens_per_second(self, step: int, seconds: float) -> float:
+        rate = (step - self.step) * self.tokens_per_step / max(seconds - self.seconds, 1e-9)
+        self.step, self.seconds = step, seconds
         return rate
 
 
 def _log(run: Run, ctx: _LoopContext, step: int, step_metrics, meter: _Throughput) -> dict:
     values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-    tokens_per_second = meter.tokens_per_second(step)
+    tokens_per_second = meter.tokens_per_second(step, run.goodput.outside_blocks())
     scalars = {"loss": values["loss"], "learning_rate": values["learning_rate"],
                "grad_norm": values["grad_norm"], "z_loss": values["z_loss"],
                "tokens_per_second": tokens_per_second,

@@ -5,6 +5,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from t5x_lite.faults import FaultInjector
 from tests.cli import losses_by_step, run_cli, train_command
@@ -78,7 +79,7 @@ def _recovery_records(model_dir) -> list[dict]:
 
 
 LADDER = ["--gin.CheckpointConfig.save_every=4", "--gin.DivergenceConfig.max_consecutive_skips=3",
-          "--gin.DivergenceConfig.skip_batches=10"]
+          "--gin.DivergenceConfig.skip_batches=10", "--gin.DivergenceConfig.rollback_margin=0"]
 
 
 def test_repeated_anomalies_roll_back_and_skip_the_bad_batches(tmp_path):
@@ -86,22 +87,24 @@ def test_repeated_anomalies_roll_back_and_skip_the_bad_batches(tmp_path):
     result = run_cli(train_command(tmp_path, 16, bad, *LADDER))
     assert result.returncode == 0, result.stderr[-3000:]
     actions = [(r["step"], r["action"]) for r in _recovery_records(tmp_path)]
-    assert actions == [(6, "skipped_update"), (7, "skipped_update"), (8, "skipped_update"),
-                       (8, "rollback_to_step_8")]
+    assert actions == [(6, "skipped_update"), (7, "skipped_update"), (8, "checkpoint_deferred"),
+                       (8, "skipped_update"), (8, "rollback_to_step_4")]
     assert _recovery_records(tmp_path)[-1]["batches_skipped"] == 10
     losses = losses_by_step(tmp_path)
     assert all(value is not None for value in losses[16])
 
 
 def test_a_hopeless_run_stops_as_diverged(tmp_path):
-    every = "--gin.FaultInjector.nan_loss_at_steps=" + str(tuple(range(3, 200)))
+    every = "--gin.FaultInjector.nan_loss_at_steps=" + str(tuple(range(6, 200)))
     result = run_cli(train_command(tmp_path, 60, every, *LADDER,
                                    "--gin.DivergenceConfig.max_rollbacks=2"))
     assert result.returncode == 77, result.stderr[-3000:]
     actions = [r["action"] for r in _recovery_records(tmp_path)]
-    assert "rollback_to_step_4" in actions[3]
-    assert any(a.startswith("rollback_lower_lr") for a in actions)
+    assert actions.count("rollback_to_step_4") == 1
+    assert actions.count("rollback_lower_lr_to_step_4") == 1
     assert actions[-1] == "stopped_diverged"
+    steps = [int(name) for name in os.listdir(tmp_path / "checkpoints") if name.isdigit()]
+    assert steps == [4]  # nothing written while the anomalies went on
 
 
 def test_a_checkpoint_with_non_finite_params_is_never_written(tmp_path):
@@ -114,3 +117,48 @@ def test_a_checkpoint_with_non_finite_params_is_never_written(tmp_path):
             "batches_skipped": 0} in records
     assert records[-1]["action"] == "stopped_diverged"
     assert not [n for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()]
+
+
+def test_a_learning_rate_spike_rolls_back_before_it_and_skips_its_window(tmp_path):
+    spike = ["--gin.FaultInjector.lr_factor_at_steps=(30,)", "--gin.FaultInjector.lr_factor=300",
+             "--gin.DivergenceConfig.rollback_margin=2"]
+    result = run_cli(train_command(tmp_path, 50, *spike, *LADDER[:-1]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = _recovery_records(tmp_path)
+    first = records[0]
+    assert first["action"] == "skipped_update" and 30 < first["step"] <= 32, records
+    rollback = [r for r in records if r["action"].startswith("rollback")]
+    assert len(rollback) == 1 and rollback[0]["batches_skipped"] == 10, records
+    restored = int(rollback[0]["action"].rsplit("_", 1)[1])
+    assert restored < first["step"] - 2  # before the spike, by the margin
+
+    losses = losses_by_step(tmp_path)
+    before_spike = np.mean([losses[step][0] for step in range(26, 31)])
+    assert losses[first["step"]][0] > 1.5 * before_spike  # the spike was real
+    assert np.mean([losses[step][-1] for step in range(41, 51)]) < before_spike
+    assert all(len(losses[step]) == 2 for step in range(restored + 1, rollback[0]["step"] + 1))
+
+    goodput = json.loads((tmp_path / "goodput.jsonl").read_text())
+    assert goodput["steps"]["rolled_back"] == rollback[0]["step"] + 1 - restored
+    assert goodput["seconds"]["rolled_back"] > 0
+    assert abs(sum(goodput["seconds"].values()) - goodput["wall_seconds"]) < 0.05
+
+
+def test_rollbacks_are_counted_per_incident(tmp_path):
+    from t5x_lite.divergence import NON_FINITE, DivergenceConfig
+    from t5x_lite.recovery import Diverged, DivergenceLadder, RecoveryLog
+
+    cfg = DivergenceConfig(max_consecutive_skips=2, max_rollbacks=1, rollback_margin=3,
+                           rollbacks_reset_after=5)
+    ladder = DivergenceLadder(cfg, RecoveryLog(str(tmp_path)))
+    assert ladder.observe(10, NON_FINITE) is None and ladder.streak_open
+    first = ladder.observe(11, NON_FINITE)
+    assert (first.before, first.lower_lr) == (7, False) and not ladder.streak_open
+    for step in range(12, 17):  # a whole healthy stretch closes the incident
+        assert ladder.observe(step, 0) is None
+    ladder.observe(20, NON_FINITE)
+    assert ladder.observe(21, NON_FINITE).before == 17
+    ladder.observe(22, 0)  # too short a healthy stretch: the same incident
+    ladder.observe(23, NON_FINITE)
+    with pytest.raises(Diverged):
+        ladder.observe(24, NON_FINITE)

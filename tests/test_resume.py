@@ -1,11 +1,14 @@
 """A run killed with SIGKILL and started again replays bit-identical losses."""
 
+import json
 import os
 import signal
 import subprocess
 import time
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from tests.cli import cli_env, losses_by_step, run_cli, train_command
 
@@ -29,6 +32,25 @@ def _start_and_kill_after(model_dir, kill_after_step: int):
     process.wait()
 
 
+def _saved_state(model_dir, step: int) -> dict:
+    """The state saved at `step` as host numpy arrays, whatever mesh wrote it."""
+    path = os.path.abspath(model_dir / "checkpoints" / str(step) / "state")
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = checkpointer.metadata(path).item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
+def _assert_same_final_state(model_dir, reference_dir) -> None:
+    final, reference = _saved_state(model_dir, STEPS), _saved_state(reference_dir, STEPS)
+    assert jax.tree.structure(final) == jax.tree.structure(reference)
+    jax.tree.map(np.testing.assert_array_equal, final, reference)
+
+
+def _goodput_records(model_dir) -> list[dict]:
+    return [json.loads(line) for line in (model_dir / "goodput.jsonl").read_text().splitlines()]
+
+
 def test_sigkill_then_restart_replays_identical_losses(tmp_path):
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     result = run_cli(train_command(reference_dir, STEPS, MESH, SAVE_EVERY), num_devices=4)
@@ -45,24 +67,24 @@ def test_sigkill_then_restart_replays_identical_losses(tmp_path):
     assert "restored step" in result.stderr, f"the restart did not resume (killed at {killed_at})"
     for step, losses in resumed.items():
         assert all(loss == reference[step][0] for loss in losses), (step, losses, reference[step])
+    _assert_same_final_state(resumed_dir, reference_dir)
 
-
-def _corrupt(step_dir):
-    for root, _, files in os.walk(step_dir / "state"):
-        for name in files:
-            with open(os.path.join(root, name), "r+b") as f:
-                f.truncate(max(os.path.getsize(f.name) // 3, 1))
-                f.seek(0)
-                f.write(b"\xff\x00garbage")
+    (restart,) = _goodput_records(resumed_dir)  # the killed attempt wrote none
+    restored = restart["first_step"]
+    assert f"restored step {restored}" in result.stderr and restart["last_step"] == STEPS
+    # Steps restored+1 ... killed_at ran twice; the first of them is booked as the compile.
+    assert restart["steps"]["redone"] == max(killed_at - restored - 1, 0)
 
 
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     result = run_cli(train_command(reference_dir, STEPS, MESH, SAVE_EVERY), num_devices=4)
     assert result.returncode == 0, result.stderr[-3000:]
-    result = run_cli(train_command(resumed_dir, 8, MESH, SAVE_EVERY), num_devices=4)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _corrupt(resumed_dir / "checkpoints" / "8")
+    corrupt_then_die = ["--gin.FaultInjector.corrupt_checkpoint_at_step=8",
+                        "--gin.FaultInjector.signal_at_step=8"]
+    result = run_cli(train_command(resumed_dir, STEPS, MESH, SAVE_EVERY, *corrupt_then_die),
+                     num_devices=4)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
 
     result = run_cli(train_command(resumed_dir, STEPS, MESH, SAVE_EVERY), num_devices=4)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -73,6 +95,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert sorted(resumed) == list(range(1, STEPS + 1))
     for step, losses in resumed.items():
         assert all(loss == reference[step][0] for loss in losses), (step, losses)
+    _assert_same_final_state(resumed_dir, reference_dir)
 
 
 def test_sigterm_saves_the_current_step_and_restart_continues_from_it(tmp_path):
@@ -124,3 +147,4 @@ def test_sigkill_while_an_async_save_is_in_flight(tmp_path):
     assert sorted(resumed) == list(range(1, STEPS + 1))
     for step, losses in resumed.items():
         assert all(loss == reference[step][0] for loss in losses), (step, losses)
+    _assert_same_final_state(killed_dir, reference_dir)
