@@ -35,6 +35,10 @@ setuptools.setup(
     install_requires=CORE_REQUIREMENTS,
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+        # Hugging Face export and import (t5x_lite export-hf / import-hf). For CPU-only
+        # torch, install `torch` first from the CPU wheel index.
+        "hf": ["torch>=2.4,<3", "transformers>=5.0,<6", "safetensors>=0.8,<1",
+               "sentencepiece>=0.2,<0.3", "protobuf>=4.25,<8"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.12"],
         "tpu": ["jax[tpu]>=0.10.2,<0.12"],
     },

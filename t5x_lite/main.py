@@ -1,6 +1,6 @@
 """Command line: `t5x_lite <command> [--gin_file=...] [--gin.KEY=VALUE ...]`.
 
-Commands: train, build-vocab, supervise.
+Commands: train, build-vocab, supervise, export-hf, import-hf.
 """
 
 import os
@@ -27,8 +27,18 @@ flags.DEFINE_integer("max_restarts", 10, "supervise: restarts allowed after pree
                      "a hang or a crash.")
 flags.DEFINE_float("grace_seconds", 60.0, "supervise: wait this long after forwarding "
                    "SIGTERM before SIGKILL.")
+flags.DEFINE_string("model_dir", None, "export-hf: the MODEL_DIR of a training run.")
+flags.DEFINE_integer("step", None, "export-hf: the checkpoint step (default: the latest).")
+flags.DEFINE_string("out", None, "export-hf, import-hf: the directory to write.")
+flags.DEFINE_string("dtype", "float32", "export-hf: weight dtype, float32 or bfloat16.")
+flags.DEFINE_string("max_shard_size", "5GB", "export-hf: larger weights are split into "
+                    "files of at most this size, with an index.")
+flags.DEFINE_bool("overwrite", False, "export-hf, import-hf: replace a non-empty --out.")
+flags.DEFINE_string("hf_dir", None, "import-hf: a local transformers Llama checkpoint.")
+flags.DEFINE_bool("scan_layers", True, "import-hf: write the scanned (stacked) layout.")
 
-USAGE = ("usage: t5x_lite {train,build-vocab} [flags] | t5x_lite supervise [flags] -- COMMAND"
+USAGE = ("usage: t5x_lite {train,build-vocab,export-hf,import-hf} [flags] | "
+         "t5x_lite supervise [flags] -- COMMAND"
          "   (t5x_lite <command> --help for flags)")
 
 
@@ -78,7 +88,19 @@ def _supervise(command: list[str]) -> None:
     sys.exit(Supervisor(command, FLAGS.max_restarts, FLAGS.grace_seconds).run())
 
 
-COMMANDS = {"train": _train, "build-vocab": _build_vocab, "supervise": _supervise}
+def _export_hf() -> None:
+    from t5x_lite.hf import export
+    export.export_command(FLAGS.model_dir, FLAGS.out, FLAGS.step, FLAGS.dtype,
+                          FLAGS.max_shard_size, FLAGS.overwrite)
+
+
+def _import_hf() -> None:
+    from t5x_lite.hf import import_
+    import_.import_command(FLAGS.hf_dir, FLAGS.out, FLAGS.scan_layers, FLAGS.overwrite)
+
+
+COMMANDS = {"train": _train, "build-vocab": _build_vocab, "supervise": _supervise,
+            "export-hf": _export_hf, "import-hf": _import_hf}
 
 
 def _main(argv: list[str]) -> None:

@@ -1,0 +1,106 @@
+"""A run's checkpoint, read for export: its step, its record and its params, by layer.
+
+The params are restored with orbax into an abstract target placed on a mesh over
+all local devices, sharded as training shards them (`embed` over `fsdp`), so the
+full model lives only in device memory, spread over the devices. The host then
+copies out one tensor or one layer at a time: a slice `[i]` of the stacked
+`blocks` arrays of a scanned checkpoint, or the `layer_i` subtree of an unscanned
+one. The checkpoint may have been written from any mesh; orbax reshards on restore.
+"""
+
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from t5x_lite import checkpointing, partitioning
+from t5x_lite.errors import ConfigError
+from t5x_lite.models.config import DecoderConfig
+from t5x_lite.train_state import ModelSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCheckpoint:
+    """One step of a run: where it is, its `meta` record and its model config."""
+
+    model_dir: str
+    step: int
+    step_dir: str
+    meta: dict
+    cfg: DecoderConfig
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:300] or type(error).__name__
+
+
+def locate(model_dir: str, step: int | None = None) -> RunCheckpoint:
+    """The checkpoint `step` (default: the newest) of the run in `model_dir`."""
+    model_dir = os.path.abspath(model_dir)
+    directory = os.path.join(model_dir, "checkpoints")
+    steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
+    if not steps:
+        raise ConfigError(f"no checkpoint found in {directory}; point --model_dir at the "
+                          "MODEL_DIR of a training run.")
+    if step is None:
+        step = max(steps)
+    elif step not in steps:
+        raise ConfigError(f"{directory} has no step {step}; it has steps {sorted(steps)}.")
+    step_dir = os.path.join(directory, str(step))
+    meta = read_meta(step_dir)
+    return RunCheckpoint(model_dir, step, step_dir, meta, model_config(meta, step_dir))
+
+
+def read_meta(step_dir: str) -> dict:
+    path = os.path.join(step_dir, "meta")
+    try:
+        return ocp.JsonCheckpointHandler().restore(epath.Path(path))
+    except Exception as error:  # noqa: BLE001  (any read failure means "unreadable")
+        raise ConfigError(f"the checkpoint record {path} is unreadable ({_one_line(error)}); "
+                          "choose another --step.") from None
+
+
+def model_config(meta: dict, step_dir: str) -> DecoderConfig:
+    """The decoder config the checkpoint was written with (its layer layout included)."""
+    if "model_config" not in meta:
+        raise ConfigError(f"{step_dir} records no model config; it was not written by "
+                          "t5x_lite's trainer.")
+    known = {field.name for field in dataclasses.fields(DecoderConfig)}
+    values = {key: value for key, value in meta["model_config"].items() if key in known}
+    values["scan_layers"] = bool(meta.get("scan_layers", values.get("scan_layers", True)))
+    return DecoderConfig(**values)
+
+
+def restore_sharded_params(checkpoint: RunCheckpoint) -> dict:
+    """The params as jax Arrays sharded over all local devices (nothing gathered)."""
+    spec = ModelSpec.create(checkpoint.cfg)
+    abstract = jax.eval_shape(lambda: spec.init_params(0))
+    mesh = partitioning.create_mesh((1, -1, 1))
+    shardings = partitioning.tree_shardings(spec.logical_axes, abstract, mesh,
+                                            partitioning.DEFAULT_PARAM_RULES)
+    try:
+        return checkpointing.restore_params(checkpoint.step_dir, abstract, shardings)
+    except ConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001  (any read failure means "unreadable")
+        raise ConfigError(f"checkpoint {checkpoint.step_dir} is unreadable "
+                          f"({_one_line(error)}); choose another --step.") from None
+
+
+def to_host(tree) -> dict:
+    """A small subtree copied to host memory as numpy arrays."""
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def host_layers(params: dict, cfg: DecoderConfig) -> Iterator[tuple[int, dict]]:
+    """(index, that block's params on the host), one block at a time."""
+    for index in range(cfg.num_layers):
+        if cfg.scan_layers:
+            layer = jax.tree.map(lambda stacked, i=index: stacked[i], params["blocks"])
+        else:
+            layer = params[f"layer_{index}"]
+        yield index, to_host(layer)

@@ -1,0 +1,131 @@
+"""The model config, both ways: t5x_lite's `DecoderConfig` <-> a Llama `config.json` dict.
+
+Writing: `rope_theta` goes both at the top level and inside `rope_parameters` (the
+field current `transformers` reads), and `tie_word_embeddings` is always explicit.
+Reading: only what the t5x_lite decoder computes is accepted; anything else (rope
+scaling, biases, another activation, another model type) is a one-line ConfigError.
+"""
+
+import dataclasses
+
+from t5x_lite.errors import ConfigError
+from t5x_lite.models.config import DecoderConfig
+
+ARCHITECTURE = "LlamaForCausalLM"
+# Llama's defaults for fields a config.json may leave out.
+_LLAMA_DEFAULTS = {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
+                   "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenIds:
+    """The special token ids the HF configs carry."""
+
+    bos: int | list[int] | None = None
+    eos: int | list[int] | None = 1
+    pad: int | list[int] | None = 0
+
+
+def check_expressible(cfg: DecoderConfig) -> None:
+    """Raises ConfigError for a decoder that a Llama config cannot describe."""
+    if cfg.vocab_size is None:
+        raise ConfigError("the checkpoint's model config has no resolved vocab_size; it "
+                          "was not written by a t5x_lite training run.")
+    if cfg.embed_dim % cfg.num_heads:
+        raise ConfigError(
+            f"transformers' Llama needs hidden_size divisible by num_attention_heads, but "
+            f"embed_dim={cfg.embed_dim} and num_heads={cfg.num_heads}; this checkpoint "
+            "cannot be exported as Llama.")
+
+
+def to_llama(cfg: DecoderConfig, *, dtype: str, token_ids: TokenIds,
+             max_position_embeddings: int) -> dict:
+    """The `config.json` of a `LlamaForCausalLM` computing what `cfg` computes."""
+    check_expressible(cfg)
+    return {
+        "architectures": [ARCHITECTURE],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.embed_dim,
+        "intermediate_size": cfg.mlp_dim,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+        "max_position_embeddings": max_position_embeddings,
+        "initializer_range": cfg.init_std,
+        "bos_token_id": token_ids.bos,
+        "eos_token_id": token_ids.eos,
+        "pad_token_id": token_ids.pad,
+        "use_cache": True,
+        "dtype": dtype,
+    }
+
+
+def _check_supported(llama: dict, where: str) -> None:
+    def unsupported(what: str):
+        return ConfigError(f"{where}: {what}; t5x_lite imports only plain Llama models "
+                           "(SiLU MLP, no biases, unscaled rotary embeddings).")
+
+    if llama.get("model_type") != "llama":
+        raise unsupported(f"model_type is {llama.get('model_type')!r}, not 'llama'")
+    if llama.get("hidden_act", _LLAMA_DEFAULTS["hidden_act"]) != "silu":
+        raise unsupported(f"hidden_act is {llama.get('hidden_act')!r}")
+    for bias in ("attention_bias", "mlp_bias"):
+        if llama.get(bias, False):
+            raise unsupported(f"{bias} is set")
+    rope = llama.get("rope_parameters") or llama.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise unsupported(f"rope scaling {rope.get('rope_type', rope.get('type'))!r} is used")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise unsupported("a partial rotary factor is used")
+    if llama.get("quantization_config"):
+        raise unsupported("the weights are quantized")
+
+
+def _rope_theta(llama: dict) -> float:
+    rope = llama.get("rope_parameters") or {}
+    return float(rope.get("rope_theta", llama.get("rope_theta", _LLAMA_DEFAULTS["rope_theta"])))
+
+
+def from_llama(llama: dict, scan_layers: bool, where: str) -> DecoderConfig:
+    """The `DecoderConfig` of a Llama `config.json` dict; ConfigError if unsupported."""
+    _check_supported(llama, where)
+    heads = llama["num_attention_heads"]
+    vocab_size = llama["vocab_size"]
+    return DecoderConfig(
+        num_layers=llama["num_hidden_layers"],
+        embed_dim=llama["hidden_size"],
+        num_heads=heads,
+        num_kv_heads=llama.get("num_key_value_heads") or heads,
+        head_dim=llama.get("head_dim") or llama["hidden_size"] // heads,
+        mlp_dim=llama["intermediate_size"],
+        vocab_size=vocab_size,
+        rope_theta=_rope_theta(llama),
+        norm_eps=float(llama.get("rms_norm_eps", _LLAMA_DEFAULTS["rms_norm_eps"])),
+        tie_embeddings=bool(llama.get("tie_word_embeddings",
+                                      _LLAMA_DEFAULTS["tie_word_embeddings"])),
+        init_std=float(llama.get("initializer_range", 0.02)),
+        scan_layers=scan_layers,
+    )
+
+
+def token_ids_from_llama(llama: dict) -> TokenIds:
+    return TokenIds(bos=llama.get("bos_token_id"), eos=llama.get("eos_token_id"),
+                    pad=llama.get("pad_token_id"))
+
+
+def generation_config(token_ids: TokenIds) -> dict:
+    """`generation_config.json`: which ids end and pad a generation."""
+    config = {"eos_token_id": token_ids.eos, "pad_token_id": token_ids.pad}
+    if token_ids.bos is not None:
+        config["bos_token_id"] = token_ids.bos
+    return config

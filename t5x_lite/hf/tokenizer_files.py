@@ -1,0 +1,137 @@
+"""Hugging Face tokenizer files that encode and decode as the run's seqio vocabulary does.
+
+- Byte vocabulary -> `ByT5Tokenizer`: pad 0, eos 1, unk 2, byte b is id b + 3; the
+  model's ids past the bytes (its vocabulary is rounded up) are ByT5's special
+  `<extra_id_i>` tokens, so every id the model can emit decodes, and
+  `skip_special_tokens=True` drops them as seqio drops them. Like every ByT5
+  tokenizer it appends EOS unless called with `add_special_tokens=False`;
+  t5x_lite's tasks end each example with EOS as well.
+- SentencePiece (BPE, byte fallback, identity normalization, no dummy prefix, as
+  `vocabularies.py` trains it) -> `LlamaTokenizer` with a `tokenizer.json`: the same
+  pieces and ids, BPE merges ranked by the SentencePiece scores, spaces as U+2581,
+  no prefix space, no BOS or EOS added; the `.model` file is kept beside it.
+
+Both set `split_special_tokens`, so text that spells a special token ("</s>") is
+encoded as text, as SentencePiece and seqio encode it. Other vocabularies or
+SentencePiece settings raise a one-line ConfigError.
+"""
+
+import glob
+import os
+import shutil
+
+from t5x_lite.errors import ConfigError
+
+_TOKENIZER_FILE_PATTERNS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json",
+                            "vocab.json", "merges.txt", "chat_template*", "spiece.model")
+
+
+def write_tokenizer(vocabulary, directory: str, model_vocab_size: int) -> str:
+    """Writes the tokenizer files for a seqio vocabulary; returns the tokenizer class."""
+    import seqio
+    if isinstance(vocabulary, seqio.ByteVocabulary):
+        return _write_byte_tokenizer(vocabulary, directory, model_vocab_size)
+    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        return _write_sentencepiece_tokenizer(vocabulary, directory)
+    raise ConfigError(f"the run's vocabulary is a {type(vocabulary).__name__}; export-hf "
+                      "writes tokenizers for byte and SentencePiece vocabularies only.")
+
+
+def _check_no_extra_ids(vocabulary) -> None:
+    if vocabulary.extra_ids:
+        raise ConfigError(f"the run's vocabulary has {vocabulary.extra_ids} extra ids; "
+                          "export-hf supports vocabularies without them.")
+
+
+def _write_byte_tokenizer(vocabulary, directory: str, model_vocab_size: int) -> str:
+    from transformers import ByT5Tokenizer
+    _check_no_extra_ids(vocabulary)
+    unused_ids = max(0, model_vocab_size - vocabulary.vocab_size)
+    ByT5Tokenizer(extra_ids=unused_ids, split_special_tokens=True).save_pretrained(directory)
+    return "ByT5Tokenizer"
+
+
+def _write_sentencepiece_tokenizer(vocabulary, directory: str) -> str:
+    from transformers import LlamaTokenizer
+    _check_no_extra_ids(vocabulary)
+    model_bytes = vocabulary.sp_model
+    proto = _parse_model(model_bytes)
+    _check_sentencepiece(proto)
+    ids = {piece.piece: index for index, piece in enumerate(proto.pieces)}
+    spec = proto.trainer_spec
+
+    def special(index: int):
+        return proto.pieces[index].piece if index >= 0 else None
+
+    tokenizer = LlamaTokenizer(
+        vocab=ids, merges=_bpe_merges(proto, ids), bos_token=special(spec.bos_id),
+        eos_token=special(spec.eos_id), unk_token=special(spec.unk_id),
+        pad_token=special(spec.pad_id), add_bos_token=False, add_eos_token=False,
+        add_prefix_space=False, legacy=False, split_special_tokens=True)
+    tokenizer.save_pretrained(directory)
+    with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
+        f.write(model_bytes)
+    return "LlamaTokenizer"
+
+
+def _parse_model(model_bytes: bytes):
+    from sentencepiece import sentencepiece_model_pb2
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_bytes)
+    return proto
+
+
+def _check_sentencepiece(proto) -> None:
+    """Only settings whose encoding a Llama tokenizer reproduces exactly are accepted."""
+    spec, normalizer = proto.trainer_spec, proto.normalizer_spec
+    piece_type = type(proto.pieces[0]) if proto.pieces else None
+    problems = {
+        "the model is not BPE": spec.model_type != type(spec).BPE,
+        "it has no byte fallback": not spec.byte_fallback,
+        "it normalizes text": normalizer.name != "identity" or bool(
+            normalizer.precompiled_charsmap),
+        "it adds a dummy prefix": normalizer.add_dummy_prefix,
+        "it removes extra whitespace": normalizer.remove_extra_whitespaces,
+        "it does not escape whitespace": not normalizer.escape_whitespaces,
+        "it treats whitespace as a suffix": spec.treat_whitespace_as_suffix,
+        "it has user-defined or unused pieces": piece_type is not None and any(
+            piece.type in (piece_type.USER_DEFINED, piece_type.UNUSED) for piece in proto.pieces),
+    }
+    found = [problem for problem, present in problems.items() if present]
+    if found:
+        raise ConfigError(f"the run's SentencePiece model cannot be exported exactly: "
+                          f"{'; '.join(found)} (t5x_lite's build-vocab settings can).")
+
+
+def _bpe_merges(proto, ids: dict[str, int]) -> list[tuple[str, str]]:
+    """Every (left, right) pair of pieces that concatenates to a normal piece.
+
+    SentencePiece's BPE merges the adjacent pair whose concatenation is the
+    highest-scored piece; ranking the pairs by that piece's score (then by id)
+    makes the HF BPE merge in the same order.
+    """
+    normal = type(proto.pieces[0]).NORMAL
+    ranked = []
+    for index, piece in enumerate(proto.pieces):
+        if piece.type != normal:
+            continue
+        text = piece.piece
+        for cut in range(1, len(text)):
+            left, right = text[:cut], text[cut:]
+            if left in ids and right in ids:
+                ranked.append((-piece.score, index, ids[left], ids[right], left, right))
+    ranked.sort()
+    return [(left, right) for *_, left, right in ranked]
+
+
+def copy_tokenizer_files(source: str, destination: str) -> list[str]:
+    """Copies the HF tokenizer files found in `source`; returns their names."""
+    names = sorted({os.path.basename(path)
+                    for pattern in _TOKENIZER_FILE_PATTERNS
+                    for path in glob.glob(os.path.join(source, pattern))
+                    if os.path.isfile(path)})
+    if names:
+        os.makedirs(destination, exist_ok=True)
+    for name in names:
+        shutil.copy2(os.path.join(source, name), os.path.join(destination, name))
+    return names
