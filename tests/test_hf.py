@@ -434,6 +434,8 @@ def test_overwrite_replaces_the_output(tmp_path):
     export.export(tmp_path / "run", tmp_path / "hf", overwrite=True)
     assert "stale.txt" not in os.listdir(tmp_path / "hf")
     assert "model.safetensors" in os.listdir(tmp_path / "hf") and not leftovers(tmp_path / "hf")
+    with pytest.raises(ConfigError, match=r"has no step 8; it has steps \[7\]"):
+        export.export(tmp_path / "run", tmp_path / "other", step=8)
 
 
 def test_a_failure_while_writing_leaves_nothing(tmp_path):

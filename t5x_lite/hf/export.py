@@ -60,6 +60,8 @@ def _token_ids(checkpoint, vocabulary: RunVocabulary) -> llama_config.TokenIds:
     if imported is not None:
         return llama_config.TokenIds(**imported.get("token_ids", {}))
     seqio_vocabulary = vocabulary.seqio_vocabulary
+    if seqio_vocabulary is None:
+        return llama_config.TokenIds()
     return llama_config.TokenIds(bos=None, eos=seqio_vocabulary.eos_id,
                                  pad=seqio_vocabulary.pad_id)
 
@@ -121,15 +123,16 @@ def export(model_dir: str, out: str, *, step: int | None = None, dtype: str = "f
     if vocabulary is None:
         vocabulary = run_vocabulary(checkpoint.meta, checkpoint.model_dir, checkpoint.step_dir)
     _check_vocab_size(cfg, vocabulary)
+    token_ids = _token_ids(checkpoint, vocabulary)
     config = llama_config.to_llama(
-        cfg, dtype=dtype, token_ids=_token_ids(checkpoint, vocabulary),
+        cfg, dtype=dtype, token_ids=token_ids,
         max_position_embeddings=vocabulary.sequence_length or DEFAULT_MAX_POSITIONS)
     params = checkpoint_reader.restore_sharded_params(checkpoint)
     with output_dir.atomic_directory(out, overwrite) as partial:
         weight_files = write_weights(params, cfg, partial, dtype, max_shard_bytes)
         _write_json(partial, "config.json", config)
         _write_json(partial, "generation_config.json",
-                    llama_config.generation_config(_token_ids(checkpoint, vocabulary)))
+                    llama_config.generation_config(token_ids))
         tokenizer = _write_tokenizer(vocabulary, partial, cfg.vocab_size)
     return ExportSummary(os.path.abspath(out), checkpoint.step, weight_files, tokenizer)
 
