@@ -16,6 +16,7 @@ class FaultInjector:
     """`nan_loss_at_steps`: these (1-based) steps compute a NaN loss and NaN gradients.
     `lr_factor_at_steps`, `lr_factor`: these steps' updates are multiplied by the factor.
     Both follow the data: after a rollback that skips batches they do not recur.
+    The faults below fire once per model dir (and process): a restarted run goes on.
     `hang_at_step`: the host loop stops making progress after this step.
     `signal_at_step`, `signal_name`: the process signals itself after this step.
     `corrupt_checkpoint_at_step`: once this step's checkpoint is written, its files are
@@ -29,21 +30,22 @@ class FaultInjector:
     signal_name: str = "SIGKILL"
     corrupt_checkpoint_at_step: int | None = None
 
-    def maybe_signal(self, step: int) -> None:
+    def maybe_signal(self, step: int, model_dir: str) -> None:
         """Sends `signal_name` to this process after step `signal_at_step` (and after
         its checkpoint save has started, so a kill can land while the save is in flight)."""
-        if step == self.signal_at_step:
+        if step == self.signal_at_step and _first_time("signal", step, model_dir):
             os.kill(os.getpid(), getattr(signal, self.signal_name))
 
-    def maybe_corrupt_checkpoint(self, step: int, checkpointer) -> None:
+    def maybe_corrupt_checkpoint(self, step: int, model_dir: str, checkpointer) -> None:
         if step != self.corrupt_checkpoint_at_step:
             return
         checkpointer.wait()
-        if step in checkpointer.all_steps() and jax.process_index() == 0:
+        if (step in checkpointer.all_steps() and jax.process_index() == 0
+                and _first_time("corrupt_checkpoint", step, model_dir)):
             corrupt_files(os.path.join(checkpointer.directory, str(step), "state"))
 
-    def maybe_hang(self, step: int) -> None:
-        if step == self.hang_at_step:
+    def maybe_hang(self, step: int, model_dir: str) -> None:
+        if step == self.hang_at_step and _first_time("hang", step, model_dir):
             threading.Event().wait()
 
     def loss_scale(self, position: jax.Array) -> jax.Array:
@@ -54,6 +56,17 @@ class FaultInjector:
     def update_scale(self, position: jax.Array) -> jax.Array:
         """1.0, or `lr_factor` for the batches of the steps in `lr_factor_at_steps`."""
         return _at_steps(position, self.lr_factor_at_steps, self.lr_factor)
+
+
+def _first_time(fault: str, step: int, model_dir: str) -> bool:
+    """True the first time this process reaches this fault in this model dir."""
+    marker = os.path.join(model_dir, "faults_fired",
+                          f"{fault}_at_step_{step}.process_{jax.process_index()}")
+    if os.path.exists(marker):
+        return False
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    open(marker, "w").close()
+    return True
 
 
 def corrupt_files(directory: str) -> None:

@@ -25,6 +25,7 @@ from t5x_lite.watchdog import Watchdog, WatchdogConfig
 class Run:
     """What the loop needs, built once from the config."""
 
+    model_dir: str
     spec: ModelSpec
     mesh: jax.sharding.Mesh
     shardings: dict
@@ -94,7 +95,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     batch_sharding = partitioning.named_sharding(
         ("batch", "length"), (data.global_batch_size, seq_len), mesh, activation_rules)
     divergence_cfg = DivergenceConfig()
-    run = Run(spec, mesh, shardings, batch_sharding, abstract,
+    run = Run(model_dir, spec, mesh, shardings, batch_sharding, abstract,
               Checkpointer(model_dir, checkpoint, divergence_cfg.rollback_margin),
               RecoveryLog(model_dir), goodput)
     _write_config(model_dir)
@@ -167,7 +168,7 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
         batch = _global_batch(next(batches), run.batch_sharding)
         state, step_metrics = ctx.train_step(state, batch, np.int32(position))
         step, position = step + 1, position + 1
-        ctx.faults.maybe_hang(step)
+        ctx.faults.maybe_hang(step, run.model_dir)
         run.goodput.step(step, ctx.redo_until)
         if pending is not None:
             rollback = ladder.observe(pending[0], int(jax.device_get(pending[1]["anomaly"])))
@@ -188,8 +189,8 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
         with run.goodput.spend("checkpointing"):
             _save_if_healthy(run, step, state, position, ladder,
                              force=stop or step == ctx.train_steps)
-            ctx.faults.maybe_corrupt_checkpoint(step, run.checkpointer)
-        ctx.faults.maybe_signal(step)
+            ctx.faults.maybe_corrupt_checkpoint(step, run.model_dir, run.checkpointer)
+        ctx.faults.maybe_signal(step, run.model_dir)
         if stop:
             _log(run, ctx, *pending, meter)
             with run.goodput.spend("checkpointing"):

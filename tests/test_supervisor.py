@@ -6,7 +6,7 @@ import sys
 import textwrap
 import time
 
-from tests.cli import cli_env, run_cli
+from tests.cli import cli_env, losses_by_step, run_cli, train_command
 
 # A child that reads its planned exit codes from a file, one per attempt.
 CHILD = textwrap.dedent("""
@@ -74,3 +74,14 @@ def test_sigterm_is_forwarded_then_escalated_to_sigkill(tmp_path):
     assert process.returncode == 75, stderr
     assert "sending SIGKILL" in stderr
     assert _attempts(tmp_path) == 1
+
+
+def test_a_hung_training_run_is_ended_by_the_watchdog_and_restarted_to_completion(tmp_path):
+    train = train_command(tmp_path, 12, "--gin.FaultInjector.hang_at_step=6",
+                          "--gin.CheckpointConfig.save_every=4",
+                          "--gin.WatchdogConfig.floor_seconds=3", "--gin.WatchdogConfig.factor=5")
+    result = run_cli([sys.executable, "-m", "t5x_lite", "supervise", "--", *train], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "watchdog: no step completed" in result.stderr and "in maybe_hang" in result.stderr
+    assert "exit code 76" in result.stderr and "restored step 4" in result.stderr
+    assert sorted(losses_by_step(tmp_path)) == list(range(1, 13))
