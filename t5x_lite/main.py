@@ -1,6 +1,6 @@
 """Command line: `t5x_lite <command> [--gin_file=...] [--gin.KEY=VALUE ...]`.
 
-Commands: train, build-vocab, supervise, export-hf, import-hf.
+Commands: train, build-vocab, supervise, export-hf, import-hf, eval, infer.
 """
 
 import os
@@ -18,17 +18,37 @@ flags.DEFINE_multi_string("gin_file", [], "Gin files, by path or relative to the
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings; `--gin.KEY=VALUE` is a shorthand.")
 flags.DEFINE_multi_string("gin_search_paths", [], "Extra folders to look for gin files in.")
 flags.DEFINE_integer("vocab_size", 8192, "build-vocab: SentencePiece vocabulary size.")
-flags.DEFINE_string("output", None, "build-vocab: where to write the model (default: cache).")
+flags.DEFINE_string("output", None, "build-vocab: where to write the model (default: cache); "
+                    "infer: the JSONL file to write.")
+flags.DEFINE_enum("distributed", None, ["auto", "explicit", "cluster", "off"],
+                  "train: how to join a multi-process run (default: $T5X_LITE_DISTRIBUTED, "
+                  "else auto); see t5x_lite/distributed.py.")
 flags.DEFINE_string("coordinator_address", None, "train: host:port of process 0 for a "
-                    "multi-process run (with --num_processes and --process_id).")
-flags.DEFINE_integer("num_processes", None, "train: number of processes in the run.")
-flags.DEFINE_integer("process_id", None, "train: this process's index, 0 ... num_processes-1.")
+                    "multi-process run (default: $T5X_LITE_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "train: number of processes in the run "
+                     "(default: $T5X_LITE_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "train: this process's index, 0 ... num_processes-1 "
+                     "(default: $T5X_LITE_PROCESS_ID).")
+flags.DEFINE_integer("heartbeat_timeout_seconds", 60, "train: a peer silent this long ends "
+                     "the multi-process run.")
+flags.DEFINE_integer("shutdown_timeout_seconds", 120, "train: at exit, wait at most this "
+                     "long for the other processes.")
 flags.DEFINE_integer("max_restarts", 10, "supervise: restarts allowed after preemption, "
                      "a hang or a crash.")
 flags.DEFINE_float("grace_seconds", 60.0, "supervise: wait this long after forwarding "
                    "SIGTERM before SIGKILL.")
-flags.DEFINE_string("model_dir", None, "export-hf: the MODEL_DIR of a training run.")
-flags.DEFINE_integer("step", None, "export-hf: the checkpoint step (default: the latest).")
+flags.DEFINE_string("model_dir", None, "export-hf, eval, infer: the MODEL_DIR of a training run.")
+flags.DEFINE_integer("step", None, "export-hf, eval, infer: the checkpoint step (default: the "
+                     "latest).")
+flags.DEFINE_string("tasks", None, "eval: a seqio Task or Mixture name.")
+flags.DEFINE_integer("num_examples", None, "eval: at most this many examples per Task.")
+flags.DEFINE_multi_string("prompt", [], "infer: a prompt (repeatable).")
+flags.DEFINE_string("prompts_file", None, "infer: prompts, one per line (.txt) or JSON objects "
+                    "with an 'inputs' field (.jsonl).")
+flags.DEFINE_integer("max_decode_len", 128, "infer: at most this many tokens per output.")
+flags.DEFINE_integer("batch_size", 32, "infer: prompts decoded together.")
+flags.DEFINE_integer("seed", 0, "infer: seed of the sampling (SamplingConfig in gin).")
+flags.DEFINE_list("mesh_shape", ["-1", "1", "1"], "eval, infer: the (data, fsdp, tensor) mesh.")
 flags.DEFINE_string("out", None, "export-hf, import-hf: the directory to write.")
 flags.DEFINE_string("dtype", "float32", "export-hf: weight dtype, float32 or bfloat16.")
 flags.DEFINE_string("max_shard_size", "5GB", "export-hf: larger weights are split into "
@@ -37,7 +57,7 @@ flags.DEFINE_bool("overwrite", False, "export-hf, import-hf: replace a non-empty
 flags.DEFINE_string("hf_dir", None, "import-hf: a local transformers Llama checkpoint.")
 flags.DEFINE_bool("scan_layers", True, "import-hf: write the scanned (stacked) layout.")
 
-USAGE = ("usage: t5x_lite {train,build-vocab,export-hf,import-hf} [flags] | "
+USAGE = ("usage: t5x_lite {train,build-vocab,export-hf,import-hf,eval,infer} [flags] | "
          "t5x_lite supervise [flags] -- COMMAND"
          "   (t5x_lite <command> --help for flags)")
 
@@ -48,6 +68,8 @@ def register_configurables() -> None:
     from t5x_lite import (  # noqa: F401
         checkpointing,
         data,
+        decoding,
+        evaluation,
         input_pipeline,
         optim,
         partitioning,
@@ -57,14 +79,13 @@ def register_configurables() -> None:
 
 
 def _initialize_distributed() -> None:
-    """Joins a multi-process run when --coordinator_address is given."""
-    if FLAGS.coordinator_address is None:
-        return
-    if FLAGS.num_processes is None or FLAGS.process_id is None:
-        raise ConfigError("--coordinator_address needs --num_processes and --process_id too.")
-    import jax
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    """Joins a multi-process run when the flags or the environment describe one."""
+    from t5x_lite import distributed
+    distributed.initialize(distributed.Settings(
+        mode=FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
+        shutdown_timeout_seconds=FLAGS.shutdown_timeout_seconds), os.environ)
 
 
 def _train() -> None:
@@ -99,8 +120,28 @@ def _import_hf() -> None:
     import_.import_command(FLAGS.hf_dir, FLAGS.out, FLAGS.scan_layers, FLAGS.overwrite)
 
 
+def _parse_gin() -> None:
+    register_configurables()
+    gin_config.parse(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+
+
+def _eval() -> None:
+    _parse_gin()
+    from t5x_lite import inference
+    inference.eval_command(FLAGS.model_dir, FLAGS.step, FLAGS.tasks, FLAGS.num_examples,
+                           [int(n) for n in FLAGS.mesh_shape])
+
+
+def _infer() -> None:
+    _parse_gin()
+    from t5x_lite import inference
+    inference.infer_command(FLAGS.model_dir, FLAGS.step, FLAGS.prompt, FLAGS.prompts_file,
+                            FLAGS.output, FLAGS.max_decode_len, FLAGS.batch_size, FLAGS.seed,
+                            [int(n) for n in FLAGS.mesh_shape])
+
+
 COMMANDS = {"train": _train, "build-vocab": _build_vocab, "supervise": _supervise,
-            "export-hf": _export_hf, "import-hf": _import_hf}
+            "export-hf": _export_hf, "import-hf": _import_hf, "eval": _eval, "infer": _infer}
 
 
 def _main(argv: list[str]) -> None:

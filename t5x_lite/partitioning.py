@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import gin
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t5x_lite.errors import ConfigError
@@ -69,12 +70,42 @@ def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int
     return shape
 
 
-def create_mesh(mesh_shape: Sequence[int], devices=None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all (or the given) devices."""
+def create_mesh(mesh_shape: Sequence[int], devices=None,
+                dcn_mesh_shape: Sequence[int] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all (or the given) devices.
+
+    With `dcn_mesh_shape` (not all 1s), `mesh_shape` is the mesh within one slice
+    (a TPU slice; one process's devices where the devices are not in several slices)
+    and `dcn_mesh_shape` lays the slices out; each mesh axis is their product.
+    """
     devices = jax.devices() if devices is None else devices
-    shape = resolve_mesh_shape(mesh_shape, len(devices))
-    device_grid = np.asarray(devices).reshape(shape)
-    return Mesh(device_grid, MESH_AXES)
+    if dcn_mesh_shape is None or all(d == 1 for d in dcn_mesh_shape):
+        shape = resolve_mesh_shape(mesh_shape, len(devices))
+        return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    return Mesh(_hybrid_device_grid(mesh_shape, dcn_mesh_shape, devices), MESH_AXES)
+
+
+def _hybrid_device_grid(mesh_shape, dcn_mesh_shape, devices) -> np.ndarray:
+    """Devices laid out as slices (over DCN) of per-slice meshes (over ICI)."""
+    dcn = tuple(dcn_mesh_shape)
+    if len(dcn) != len(MESH_AXES) or min(dcn) < 1:
+        raise ConfigError(f"DCN_MESH_SHAPE={dcn} must be 3 positive entries (data, fsdp, "
+                          f"tensor).")
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    by_slice = None not in slices and len(slices) > 1
+    granules = slices if by_slice else {d.process_index for d in devices}
+    if len(granules) != math.prod(dcn):
+        unit = "slices" if by_slice else "processes (and no devices in several slices)"
+        raise ConfigError(f"DCN_MESH_SHAPE={dcn} needs {math.prod(dcn)} slices, but the run "
+                          f"has {len(granules)} {unit}; run one process per slice or node, "
+                          f"or set DCN_MESH_SHAPE=(1, 1, 1).")
+    ici = resolve_mesh_shape(mesh_shape, len(devices) // len(granules))
+    try:
+        return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                    process_is_granule=not by_slice)
+    except (ValueError, AssertionError, NotImplementedError) as error:
+        raise ConfigError(f"MESH_SHAPE={ici} with DCN_MESH_SHAPE={dcn}: "
+                          f"{str(error).splitlines()[0]}") from error
 
 
 def _mesh_axes_for(name: str | None, rules: Rules) -> tuple[str, ...]:

@@ -74,7 +74,8 @@ def _meta(cfg: DecoderConfig, data_position: int) -> dict:
 @gin.configurable
 def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           model_config: DecoderConfig = gin.REQUIRED, data=gin.REQUIRED,
-          mesh_shape=(-1, 1, 1), initial_checkpoint_path: str | None = None, seed: int = 0,
+          mesh_shape=(-1, 1, 1), dcn_mesh_shape=None,
+          initial_checkpoint_path: str | None = None, seed: int = 0,
           num_microbatches: int = 1, log_every: int = 10, eval_every: int | None = None,
           eval_steps: int = 10, checkpoint: CheckpointConfig = CheckpointConfig(),
           peak_flops_per_device: float | None = None) -> dict:
@@ -85,7 +86,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     model_dir = os.path.abspath(model_dir)
     vocab = input_pipeline.output_vocabulary(data.mixture_or_task_name)
     cfg = model_config.with_vocab(vocab.vocab_size)
-    mesh = partitioning.create_mesh(mesh_shape)
+    mesh = partitioning.create_mesh(mesh_shape, dcn_mesh_shape=dcn_mesh_shape)
     param_rules, activation_rules = partitioning.axis_rules()
     schedule = optim.create_schedule()
     optimizer = optim.create_optimizer(schedule)

@@ -1,13 +1,29 @@
-"""Two processes (jax.distributed on 127.0.0.1, 2 CPU devices each): preemption of one
-process stops both at the same step; a killed peer ends the survivor; restarts replay
-bit-identical losses."""
+"""Several processes (jax.distributed on 127.0.0.1): preemption of one process stops
+both at the same step; a killed peer ends the survivor; restarts replay bit-identical
+losses. Through launch/local.py, 2 and 4 processes on a hybrid (DCN x ICI) mesh train
+as one process does, and a checkpoint written by 2 processes resumes on 1 and on 4."""
 
+import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 
-from tests.cli import (free_port, losses_by_step, run_processes, start_processes,
-                       train_command, wait_for_step)
+import numpy as np
+import pytest
+
+from tests.cli import (
+    cli_env,
+    free_port,
+    losses_by_step,
+    read_metrics,
+    run_processes,
+    start_processes,
+    train_command,
+    wait_for_step,
+)
 
 STEPS = 24
 COMMON = ["--gin.MESH_SHAPE=(-1, 1, 1)", "--gin.DataConfig.num_data_shards=2",
@@ -65,3 +81,88 @@ def test_a_killed_peer_ends_the_survivor_and_the_restart_matches(tmp_path):
     assert [code for code, _ in results] == [0, 0], results[0][1][-2000:]
     assert "restored step" in results[0][1]
     _assert_same_losses(model_dir, reference)
+
+
+# The same global mesh, data 2 x fsdp 2, laid out over 1, 2 and 4 processes: MESH_SHAPE
+# is the mesh within a process (a slice), DCN_MESH_SHAPE the processes.
+LAYOUTS = {1: ("(2, 2, 1)", "None"), 2: ("(1, 2, 1)", "(2, 1, 1)"),
+           4: ("(1, 1, 1)", "(2, 2, 1)")}
+LAUNCHER = os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch", "local.py")
+SHORT = ["--gin.DataConfig.num_data_shards=4", "--gin.CheckpointConfig.save_every=4",
+         "--gin.WatchdogConfig.floor_seconds=60"]
+SHORT_STEPS = 8
+
+
+def _layout(num_processes: int, mesh: str | None = None) -> list[str]:
+    ici, dcn = LAYOUTS[num_processes]
+    return [f"--gin.MESH_SHAPE={mesh or ici}", f"--gin.DCN_MESH_SHAPE={dcn}"]
+
+
+def _train(model_dir, num_processes: int, log_dir, mesh: str | None = None) -> str:
+    """Trains SHORT_STEPS steps on 4 devices over `num_processes`; returns process 0's log."""
+    command = train_command(model_dir, SHORT_STEPS, *SHORT, *_layout(num_processes, mesh))
+    if num_processes == 1:
+        result = subprocess.run(command, capture_output=True, text=True, env=cli_env(4),
+                                timeout=600, check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stderr
+    result = subprocess.run(
+        [sys.executable, LAUNCHER, f"--num_processes={num_processes}",
+         f"--devices_per_process={4 // num_processes}", f"--log_dir={log_dir}", "--", *command],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    with open(os.path.join(log_dir, "process_0.log")) as f:
+        return f.read()
+
+
+def _keep_metrics_until(model_dir, step: int) -> None:
+    kept = [record for record in read_metrics(model_dir) if record["step"] <= step]
+    with open(os.path.join(model_dir, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(record) + "\n" for record in kept)
+
+
+def _last_losses(model_dir, steps) -> list[float]:
+    losses = losses_by_step(model_dir)
+    return [losses[step][-1] for step in steps]
+
+
+@pytest.fixture(scope="module")
+def one_process_losses(tmp_path_factory) -> list[float]:
+    model_dir = tmp_path_factory.mktemp("one_process")
+    _train(model_dir, 1, None)
+    return _last_losses(model_dir, range(1, SHORT_STEPS + 1))
+
+
+@pytest.fixture(scope="module")
+def two_process_dir(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("two_processes")
+    _train(model_dir, 2, model_dir / "logs")
+    return model_dir
+
+
+def test_two_processes_train_as_one(one_process_losses, two_process_dir):
+    assert sorted(losses_by_step(two_process_dir)) == list(range(1, SHORT_STEPS + 1))
+    np.testing.assert_allclose(_last_losses(two_process_dir, range(1, SHORT_STEPS + 1)),
+                               one_process_losses, rtol=1e-5)
+    assert len(os.listdir(two_process_dir / "logs")) == 2
+
+
+def test_four_processes_train_as_one(one_process_losses, tmp_path):
+    log = _train(tmp_path / "run", 4, tmp_path / "logs")
+    assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 1}" in log
+    np.testing.assert_allclose(_last_losses(tmp_path / "run", range(1, SHORT_STEPS + 1)),
+                               one_process_losses, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_processes,mesh", [(1, "(1, 4, 1)"), (4, None)])
+def test_a_two_process_checkpoint_resumes_on(num_processes, mesh, one_process_losses,
+                                             two_process_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    shutil.copytree(two_process_dir, model_dir, ignore=shutil.ignore_patterns("logs"))
+    shutil.rmtree(model_dir / "checkpoints" / str(SHORT_STEPS))
+    _keep_metrics_until(model_dir, 4)
+    log = _train(model_dir, num_processes, tmp_path / "logs", mesh)
+    assert "restored step 4" in log
+    assert sorted(losses_by_step(model_dir)) == list(range(1, SHORT_STEPS + 1))
+    np.testing.assert_allclose(_last_losses(model_dir, range(5, SHORT_STEPS + 1)),
+                               one_process_losses[4:], rtol=1e-5)
