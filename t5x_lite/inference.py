@@ -1,0 +1,148 @@
+"""`t5x_lite infer` and `t5x_lite eval`: a trained checkpoint, restored onto a mesh,
+continues prompts or is evaluated on seqio Tasks.
+
+Prompts come from `--prompt` (repeatable) or `--prompts_file`: a `.txt` file holds one
+prompt per line, a `.jsonl` file one object per line with an `inputs` (or `prompt`)
+string. Each output line holds the prompt, the decoded continuation (up to EOS), its
+token ids and its score (the sum of the generated tokens' log-probs).
+"""
+
+import dataclasses
+import json
+import os
+
+import jax
+
+from t5x_lite import checkpointing, decoding, evaluation, partitioning
+from t5x_lite.errors import ConfigError
+from t5x_lite.hf import checkpoint_reader
+from t5x_lite.train_state import ModelSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    checkpoint: checkpoint_reader.RunCheckpoint
+    spec: ModelSpec
+    params: dict
+    mesh: jax.sharding.Mesh
+
+
+def load(model_dir: str, step: int | None, mesh_shape, param_rules) -> LoadedModel:
+    """The params of a run's checkpoint (default: the newest), sharded over `mesh_shape`."""
+    checkpoint = checkpoint_reader.locate(model_dir, step)
+    spec = ModelSpec.create(checkpoint.cfg)
+    mesh = partitioning.create_mesh(mesh_shape)
+    abstract = jax.eval_shape(lambda: spec.init_params(0))
+    shardings = partitioning.tree_shardings(spec.logical_axes, abstract, mesh, param_rules)
+    params = checkpointing.restore_params(checkpoint.step_dir, abstract, shardings)
+    return LoadedModel(checkpoint, spec, params, mesh)
+
+
+def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
+    """The prompts given on the command line, then those of `prompts_file`."""
+    prompts = list(prompts)
+    if prompts_file:
+        prompts += _prompts_from_file(prompts_file)
+    if not prompts:
+        raise ConfigError("no prompts: pass --prompt=TEXT (repeatable) or --prompts_file=PATH "
+                          "(.txt, one per line, or .jsonl with an 'inputs' field).")
+    return prompts
+
+
+def _prompts_from_file(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"--prompts_file={path} does not exist.")
+    with open(path) as f:
+        lines = [line.rstrip("\n") for line in f if line.strip()]
+    if not path.endswith(".jsonl"):
+        return lines
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}:{number} is not JSON ({error.msg}); write one object "
+                              "per line, e.g. {\"inputs\": \"...\"}.") from None
+        text = record.get("inputs", record.get("prompt")) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise ConfigError(f"{path}:{number} has no 'inputs' (or 'prompt') string.")
+        prompts.append(text)
+    return prompts
+
+
+def infer(model: LoadedModel, vocabulary, prompts: list[str], max_decode_len: int,
+          sampling: decoding.SamplingConfig, batch_size: int, seed: int, rules) -> list[dict]:
+    """One record per prompt: prompt, output text, output token ids and score."""
+    _check_vocabulary(model, vocabulary.vocab_size)
+    token_ids = [vocabulary.encode(prompt) for prompt in prompts]
+    prompt_length = max(len(ids) for ids in token_ids)
+    records = []
+    for start in range(0, len(prompts), batch_size):
+        rows = token_ids[start:start + batch_size]
+        result = decoding.decode(model.spec, model.params, rows, max_decode_len,
+                                 vocabulary.eos_id, sampling, jax.random.key(seed + start),
+                                 model.mesh, prompt_length=prompt_length, rules=rules)
+        for offset, (tokens, length) in enumerate(zip(result.tokens, result.lengths)):
+            generated = [int(t) for t in tokens[:length]]
+            records.append({"prompt": prompts[start + offset],
+                            "output": vocabulary.decode(generated), "tokens": generated,
+                            "score": float(result.scores[offset])})
+    return records
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+    """Writes beside `path` first, then renames: a failed run leaves no partial file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = f"{path}.partial"
+    with open(partial, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    os.replace(partial, path)
+
+
+def _check_vocabulary(model: LoadedModel, vocab_size: int) -> None:
+    if vocab_size > model.spec.cfg.vocab_size:
+        raise ConfigError(f"the vocabulary has {vocab_size} ids but the model in "
+                          f"{model.checkpoint.step_dir} only {model.spec.cfg.vocab_size}; "
+                          "evaluate Tasks with the vocabulary the model was trained with.")
+
+
+def infer_command(model_dir: str | None, step: int | None, prompts: list[str],
+                  prompts_file: str | None, output: str | None, max_decode_len: int,
+                  batch_size: int, seed: int, mesh_shape) -> None:
+    """Decodes the prompts with the run's checkpoint and vocabulary; writes `output`."""
+    from t5x_lite.hf.vocabulary import run_vocabulary
+    if not model_dir or not output:
+        raise ConfigError("infer needs --model_dir=MODEL_DIR and --output=PATH.jsonl.")
+    prompts = read_prompts(prompts, prompts_file)
+    sampling, rules = decoding.SamplingConfig(), partitioning.axis_rules()
+    model = load(model_dir, step, mesh_shape, rules[0])
+    vocabulary = run_vocabulary(model.checkpoint.meta, model.checkpoint.model_dir,
+                                model.checkpoint.step_dir).seqio_vocabulary
+    if vocabulary is None:
+        raise ConfigError(f"{model.checkpoint.step_dir} has no t5x_lite vocabulary (an "
+                          "imported model): use transformers with its tokenizer files.")
+    records = infer(model, vocabulary, prompts, max_decode_len, sampling, batch_size, seed, rules)
+    write_jsonl(output, records)
+    print(f"wrote {len(records)} outputs of step {model.checkpoint.step} to {output}")
+
+
+def eval_command(model_dir: str | None, step: int | None, tasks: str | None,
+                 num_examples: int | None, mesh_shape) -> dict:
+    """Evaluates the run's checkpoint on `tasks`; appends to MODEL_DIR/eval_results.jsonl."""
+    if not model_dir or not tasks:
+        raise ConfigError("eval needs --model_dir=MODEL_DIR and --tasks=TASK_OR_MIXTURE.")
+    overrides = {} if num_examples is None else {"num_examples": num_examples}
+    cfg = evaluation.EvalConfig(mixture_or_task_name=tasks, **overrides)
+    evaluator = evaluation.evaluator(cfg)
+    sampling, rules = decoding.SamplingConfig(), partitioning.axis_rules()
+    model = load(model_dir, step, mesh_shape, rules[0])
+    for task in evaluator.eval_tasks:
+        _check_vocabulary(model, task.output_features["targets"].vocabulary.vocab_size)
+    results = evaluation.evaluate(model.spec, model.params, model.mesh, cfg,
+                                  model.checkpoint.step, sampling, evaluator)
+    evaluation.write_results(model.checkpoint.model_dir, model.checkpoint.step, results)
+    for task, task_metrics in results.items():
+        shown = ", ".join(f"{name} {value:.2f}" for name, value in task_metrics.items())
+        print(f"step {model.checkpoint.step}: {task}: {shown}")
+    return results
