@@ -5,5 +5,10 @@ from .tf_devices import hide_accelerators_from_tensorflow
 hide_accelerators_from_tensorflow()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from . import tasks
+from . import instruction_tasks, tasks
+from .instruction_converter import InstructionFeatureConverter
+from .jsonl_instructions import jsonl_instruction_task
 from .text_files import text_file_task
+
+__all__ = ["InstructionFeatureConverter", "hide_accelerators_from_tensorflow",
+           "instruction_tasks", "jsonl_instruction_task", "tasks", "text_file_task"]

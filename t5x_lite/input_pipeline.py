@@ -6,6 +6,11 @@ repeats it forever, packs it and batches it to B / S rows. Rows
 [s * B / S, (s + 1) * B / S) of global batch i are batch i of shard s. Process p of
 P reads only shards s with s // (S / P) == p, so the global batch is a pure function
 of (seed, position) and is the same for every P that divides S.
+
+Tasks with a `targets` feature only are language-modeling data (loss on every
+token). Tasks with `inputs` and `targets` are instruction data: lengths
+{'inputs': N, 'targets': M} give rows of N + M tokens, each example its inputs
+then its targets, with loss on the targets only (`InstructionFeatureConverter`).
 """
 
 import dataclasses
@@ -35,7 +40,7 @@ class DataConfig:
     """Which data, how long, how many rows, and how the stream is laid out."""
 
     mixture_or_task_name: str
-    task_feature_lengths: Mapping[str, int]   # e.g. {'targets': 256}
+    task_feature_lengths: Mapping[str, int]   # {'targets': 256} or {'inputs': 192, 'targets': 64}
     global_batch_size: int
     seed: int = 0
     pack: bool = True
@@ -47,10 +52,22 @@ class DataConfig:
     def shard_count(self) -> int:
         return self.num_data_shards or jax.process_count()
 
+    @property
+    def sequence_length(self) -> int:
+        """Tokens per row of a batch: `targets`, or `inputs + targets` for instruction data."""
+        return sum(self.task_feature_lengths.values())
+
 
 def output_vocabulary(mixture_or_task_name: str) -> seqio.Vocabulary:
     """The vocabulary of the 'targets' feature."""
     return _provider(mixture_or_task_name).output_features["targets"].vocabulary
+
+
+def feature_converter(cfg: DataConfig) -> seqio.FeatureConverter:
+    """Loss on targets only for instruction data, on every token for language-modeling data."""
+    if _is_instruction_data(cfg):
+        return data.InstructionFeatureConverter(pack=cfg.pack)
+    return seqio.DecoderFeatureConverter(pack=cfg.pack)
 
 
 def train_batches(cfg: DataConfig, start_position: int, process_index: int,
@@ -87,6 +104,22 @@ def _provider(name: str) -> seqio.DatasetProviderBase:
 def _tasks(name: str) -> list[seqio.Task]:
     provider = _provider(name)
     return provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+
+
+def _is_instruction_data(cfg: DataConfig) -> bool:
+    """True for Tasks with `inputs`; checks that the feature lengths name the Tasks' features."""
+    tasks = _tasks(cfg.mixture_or_task_name)
+    with_inputs = [task.name for task in tasks if "inputs" in task.output_features]
+    if with_inputs and len(with_inputs) < len(tasks):
+        raise ConfigError(f"'{cfg.mixture_or_task_name}' mixes Tasks with 'inputs' "
+                          f"({with_inputs}) and Tasks without: use one kind per Mixture.")
+    expected = ["inputs", "targets"] if with_inputs else ["targets"]
+    if sorted(cfg.task_feature_lengths) != expected:
+        example = "{'inputs': 192, 'targets': 64}" if with_inputs else "{'targets': 256}"
+        raise ConfigError(f"'{cfg.mixture_or_task_name}' has features {expected} but "
+                          f"task_feature_lengths names {sorted(cfg.task_feature_lengths)}: "
+                          f"set TASK_FEATURE_LENGTHS like {example}.")
+    return bool(with_inputs)
 
 
 def _owned_shards(cfg: DataConfig, process_index: int, process_count: int) -> list[int]:
@@ -140,14 +173,14 @@ def _shard_batches(cfg: DataConfig, shard: int, split: str, shuffle: bool,
     dataset = seqio.get_dataset(
         cfg.mixture_or_task_name,
         task_feature_lengths=dict(cfg.task_feature_lengths),
-        feature_converter=seqio.DecoderFeatureConverter(pack=cfg.pack),
+        feature_converter=feature_converter(cfg),
         dataset_split=split,
         shuffle=shuffle,
         num_epochs=None,
         shard_info=seqio.ShardInfo(index=shard, num_shards=cfg.shard_count),
         seed=seed,
         verbose=False)
-    if not cfg.pack:
+    if not cfg.pack and "decoder_segment_ids" not in dataset.element_spec:
         dataset = dataset.map(_with_unpacked_segments)
     dataset = dataset.batch(cfg.global_batch_size // cfg.shard_count, drop_remainder=True)
     return dataset.with_options(_deterministic_options())
