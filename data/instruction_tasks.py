@@ -6,9 +6,10 @@ Task families (byte vocabulary; each has an `_spm` twin with the SentencePiece o
 * `stdlib_summary`: a function's source without its docstring -> the docstring's
   one-line summary;
 * `pydoc_topic_paragraph`: a pydoc topic or section -> its opening paragraph;
-* `arithmetic_{add,subtract,multiply}_{direct,cot}`: generated 2-3 digit problems,
-  answered directly or worked out step by step (chain of thought); unlimited train
-  data, 1000 validation problems.
+* `arithmetic_{add,subtract,multiply}_{direct,cot}`: generated problems on 2-3 digit
+  numbers (multiplication by a 1-2 digit number), answered directly or worked out
+  step by step (chain of thought); unlimited train data, 1000 validation problems.
+  `arithmetic_add_direct` alone is the quick fine-tuning Task.
 
 Mixture `instruct_train` mixes the training Tasks at `TRAIN_RATES`. The Tasks in
 `HELD_OUT_TASKS` (a new code task and a new operation) are in no training mixture:
