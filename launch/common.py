@@ -17,21 +17,20 @@ ENV_NUM_PROCESSES = "T5X_LITE_NUM_PROCESSES"
 ENV_PROCESS_ID = "T5X_LITE_PROCESS_ID"
 
 
-def parse(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """(launcher options, the command after `--`); the command is required."""
+def parse(parser: argparse.ArgumentParser, argv: list[str],
+          require_command: bool = True) -> tuple[argparse.Namespace, list[str]]:
+    """(launcher options, the command after `--`)."""
     parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                         help="print what would run, one command per line, and run nothing")
-    if "--" not in argv:
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, command = parser.parse_args(argv[:split]), argv[split + 1:]
+    if require_command and not command:
         parser.error("give the command to run after `--`, e.g. -- t5x_lite train --gin_file=...")
-    split = argv.index("--")
-    command = argv[split + 1:]
-    if not command:
-        parser.error("the command after `--` is empty")
-    return parser.parse_args(argv[:split]), command
+    return args, command
 
 
 def distributed_env(coordinator_address: str, num_processes: int,
-                    process_id: int | str) -> dict[str, str]:
+                    process_id: int) -> dict[str, str]:
     """The variables that make `t5x_lite train` join the run as process `process_id`."""
     return {ENV_COORDINATOR_ADDRESS: coordinator_address,
             ENV_NUM_PROCESSES: str(num_processes), ENV_PROCESS_ID: str(process_id)}
