@@ -78,9 +78,16 @@ def _word_f1(target: str, prediction: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def log_likelihood(targets: Sequence[str], scores: Sequence[float]) -> dict[str, float]:
+    """Mean log-likelihood of the target after the inputs (a score metric: seqio passes
+    the model's scores, not decoded predictions)."""
+    del targets
+    return {"log_likelihood": sum(scores) / len(scores) if len(scores) else 0.0}
+
+
 POSTPROCESSORS: dict[str, Callable] = {"strip": strip_text, "final_answer": final_answer}
 METRICS: dict[str, Callable] = {"exact_match": exact_match, "accuracy": accuracy,
-                                "token_f1": token_f1}
+                                "token_f1": token_f1, "log_likelihood": log_likelihood}
 
 
 def postprocessor(name: str) -> Callable:

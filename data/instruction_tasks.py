@@ -8,8 +8,9 @@ Task families (byte vocabulary; each has an `_spm` twin with the SentencePiece o
 * `pydoc_topic_paragraph`: a pydoc topic or section -> its opening paragraph;
 * `arithmetic_{add,subtract,multiply}_{direct,cot}`: generated problems on 2-3 digit
   numbers (multiplication by a 1-2 digit number), answered directly or worked out
-  step by step (chain of thought); unlimited train data, 1000 validation problems.
-  `arithmetic_add_direct` alone is the quick fine-tuning Task.
+  step by step (chain of thought); unlimited train data, 1000 validation problems;
+* `arithmetic_add_digit_direct`: a 2-3 digit number plus one digit, small enough for a
+  tiny model to learn in a few hundred steps (quick fine-tuning checks; in no Mixture).
 
 Mixture `instruct_train` mixes the training Tasks at `TRAIN_RATES`. The Tasks in
 `HELD_OUT_TASKS` (a new code task and a new operation) are in no training mixture:
@@ -45,6 +46,7 @@ TRAIN_RATES = {
 HELD_OUT_TASKS = ("stdlib_summary", "arithmetic_multiply_direct", "arithmetic_multiply_cot")
 VOCABULARY_SUFFIXES = {"byte": "", "spm": "_spm"}   # As the embedded corpus Tasks name them.
 ARITHMETIC_VALIDATION_SIZE = 1000
+SMALL_TASK, SMALL_TASK_DIGITS = "arithmetic_add_digit_direct", ((2, 3), (1, 1))
 SPLITS = ("train", "validation")
 
 
@@ -83,12 +85,14 @@ def arithmetic_fields(problem: arithmetic.Problem) -> dict[str, str | int]:
             "answer": problem.answer, "solution": arithmetic.worked_solution(problem)}
 
 
-def arithmetic_example_fn(task: str, operation: str, step_by_step: bool):
+def arithmetic_example_fn(task: str, operation: str, step_by_step: bool,
+                          operand_digits: tuple | None = None):
     """make_example(split, stream, index) for a GeneratedSource."""
     templates = phrasings.ARITHMETIC_STEP_BY_STEP if step_by_step else phrasings.ARITHMETIC_DIRECT
 
     def make_example(split: str, stream: int, index: int) -> dict[str, str]:
-        problem = arithmetic.nth_problem(operation, f"{task}:{stream}", split, index)
+        problem = arithmetic.nth_problem(operation, f"{task}:{stream}", split, index,
+                                         operand_digits)
         return render(templates, arithmetic_fields(problem), key=f"{task}:{problem.a}:{problem.b}")
 
     return make_example
@@ -101,11 +105,11 @@ def task_specs() -> list[InstructionTaskSpec]:
 
     specs = [
         InstructionTaskSpec("stdlib_signature", in_memory(stdlib_signature_examples), "strip",
-                            ("exact_match",)),
+                            ("exact_match", "log_likelihood")),
         InstructionTaskSpec("stdlib_summary", in_memory(stdlib_summary_examples), "strip",
-                            ("exact_match", "token_f1")),
+                            ("exact_match", "token_f1", "log_likelihood")),
         InstructionTaskSpec("pydoc_topic_paragraph", in_memory(pydoc_topic_examples), "strip",
-                            ("exact_match", "token_f1")),
+                            ("exact_match", "token_f1", "log_likelihood")),
     ]
     for operation in arithmetic.OPERATIONS:
         for style, step_by_step in (("direct", False), ("cot", True)):
@@ -113,7 +117,11 @@ def task_specs() -> list[InstructionTaskSpec]:
             make_example = arithmetic_example_fn(name, operation, step_by_step)
             specs.append(InstructionTaskSpec(
                 name, functools.partial(GeneratedSource, make_example, ARITHMETIC_VALIDATION_SIZE),
-                "final_answer" if step_by_step else "strip", ("accuracy",)))
+                "final_answer" if step_by_step else "strip", ("accuracy", "log_likelihood")))
+    make_example = arithmetic_example_fn(SMALL_TASK, "add", False, SMALL_TASK_DIGITS)
+    specs.append(InstructionTaskSpec(
+        SMALL_TASK, functools.partial(GeneratedSource, make_example, ARITHMETIC_VALIDATION_SIZE),
+        "strip", ("accuracy", "log_likelihood")))
     return specs
 
 

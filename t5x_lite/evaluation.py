@@ -12,10 +12,12 @@ Task and evaluation) and to TensorBoard as `eval/<task>/<metric>`.
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 
 import gin
 import jax
 import seqio
+import tensorflow as tf
 from tensorboardX import SummaryWriter
 
 from t5x_lite import decoding
@@ -25,34 +27,47 @@ from t5x_lite.errors import ConfigError
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Which Tasks (a Task or Mixture name), which split, how many examples per Task."""
+    """Which Tasks (a Task or Mixture name), which split, how many examples per Task.
+    Examples longer than `task_feature_lengths` are left out (default: the training
+    run's lengths in the loop, `DEFAULT_LENGTHS` from the command line)."""
 
     mixture_or_task_name: str
+    task_feature_lengths: Mapping[str, int] | None = None
     split: str = "validation"
     num_examples: int | None = None
     batch_size: int = 32
     seed: int = 0
 
 
+DEFAULT_LENGTHS = {"inputs": 512, "targets": 384}
+
+
 class _TokenIds(seqio.PassThroughFeatureConverter):
     """Hands the Tasks' token ids to the model functions as they are, unpacked."""
 
     pack = False
+    TASK_FEATURES = {"inputs": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+                     "targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)}
 
 
-def evaluator(cfg: EvalConfig) -> seqio.Evaluator:
+def evaluator(cfg: EvalConfig, default_lengths: Mapping[str, int] = DEFAULT_LENGTHS):
+    """The seqio.Evaluator of `cfg`'s Tasks (their examples are read and cached now)."""
     if cfg.mixture_or_task_name not in seqio.TaskRegistry.names() | seqio.MixtureRegistry.names():
         raise ConfigError(f"unknown Task or Mixture {cfg.mixture_or_task_name!r}; registered "
                           f"instruction Tasks include {sorted(seqio.TaskRegistry.names())[:8]}.")
+    lengths = dict(cfg.task_feature_lengths or default_lengths)
     return seqio.Evaluator(cfg.mixture_or_task_name, _TokenIds(), eval_split=cfg.split,
-                           num_examples=cfg.num_examples, seed=cfg.seed)
+                           num_examples=cfg.num_examples, seed=cfg.seed,
+                           sequence_length=lengths)
 
 
 def evaluate(spec, params, mesh, cfg: EvalConfig, step: int,
-             sampling: decoding.SamplingConfig = decoding.SamplingConfig(),
+             sampling: decoding.SamplingConfig | None = None,
              evaluator_: seqio.Evaluator | None = None) -> dict[str, dict[str, float]]:
-    """{task: {metric: value}} of the model with `params` on every Task of `cfg`."""
+    """{task: {metric: value}} of the model with `params` on every Task of `cfg`
+    (greedy decoding unless `sampling` says otherwise)."""
     evaluator_ = evaluator_ or evaluator(cfg)
+    sampling = sampling or decoding.SamplingConfig()
     vocabulary = evaluator_.eval_tasks[0].output_features["targets"].vocabulary
     model = _ModelFns(spec, params, mesh, cfg.batch_size, sampling, vocabulary.eos_id)
     metrics, _ = evaluator_.evaluate(compute_metrics=True, step=step, predict_fn=model.predict,
@@ -67,12 +82,18 @@ def write_results(model_dir: str, step: int, results: dict[str, dict[str, float]
         return
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, "eval_results.jsonl"), "a") as f:
-        for task, task_metrics in results.items():
-            f.write(json.dumps({"step": step, "task": task, **task_metrics}) + "\n")
+        f.writelines(json.dumps({"step": step, "task": task, **task_metrics}) + "\n"
+                     for task, task_metrics in results.items())
     with SummaryWriter(os.path.join(model_dir, "tensorboard")) as writer:
         for task, task_metrics in results.items():
             for name, value in task_metrics.items():
                 writer.add_scalar(f"eval/{task}/{name}", value, step)
+
+
+def summary_lines(step: int, results: dict[str, dict[str, float]]) -> list[str]:
+    return [f"step {step}: {task}: " + ", ".join(f"{name} {value:.2f}"
+                                                 for name, value in task_metrics.items())
+            for task, task_metrics in results.items()]
 
 
 def _scalar(value) -> float:
@@ -102,8 +123,8 @@ class _ModelFns:
                                      eos_id=self.eos_id, sampling=self.sampling,
                                      rng=jax.random.key(start), mesh=self.mesh,
                                      prompt_length=prompt_length)
-            outputs += [list(tokens[:length]) for tokens, length in
-                        zip(result.tokens, result.lengths)][:len(inputs) - start]
+            # Full rows (pad after EOS): seqio stacks the outputs into one array.
+            outputs += [list(tokens) for tokens in result.tokens][:len(inputs) - start]
         return list(zip(indices, outputs))
 
     def score(self, dataset) -> list[tuple[int, float]]:

@@ -142,7 +142,5 @@ def eval_command(model_dir: str | None, step: int | None, tasks: str | None,
     results = evaluation.evaluate(model.spec, model.params, model.mesh, cfg,
                                   model.checkpoint.step, sampling, evaluator)
     evaluation.write_results(model.checkpoint.model_dir, model.checkpoint.step, results)
-    for task, task_metrics in results.items():
-        shown = ", ".join(f"{name} {value:.2f}" for name, value in task_metrics.items())
-        print(f"step {model.checkpoint.step}: {task}: {shown}")
+    print("\n".join(evaluation.summary_lines(model.checkpoint.step, results)))
     return results

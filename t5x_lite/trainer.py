@@ -77,10 +77,17 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           mesh_shape=(-1, 1, 1), dcn_mesh_shape=None,
           initial_checkpoint_path: str | None = None, seed: int = 0,
           num_microbatches: int = 1, log_every: int = 10, eval_every: int | None = None,
-          eval_steps: int = 10, checkpoint: CheckpointConfig = CheckpointConfig(),
+          eval_steps: int = 10, task_eval=None,
+          task_eval_every: int | None = None,
+          checkpoint: CheckpointConfig = CheckpointConfig(),
           peak_flops_per_device: float | None = None) -> dict:
-    """Trains until `train_steps`; returns the last logged metrics."""
-    from t5x_lite import input_pipeline  # TensorFlow loads only on the data path.
+    """Trains until `train_steps`; returns the last logged metrics.
+
+    Every `eval_every` steps the loss on `eval_steps` validation batches is logged; every
+    `task_eval_every` steps the seqio evaluation of `task_eval` (decoding, metrics) runs.
+    """
+    # TensorFlow loads only on the data path.
+    from t5x_lite import evaluation, input_pipeline
 
     goodput = Goodput()
     model_dir = os.path.abspath(model_dir)
@@ -92,7 +99,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     optimizer = optim.create_optimizer(schedule)
     spec = ModelSpec.create(cfg)
     abstract, shardings = state_shardings(spec, optimizer, mesh, param_rules)
-    seq_len = data.task_feature_lengths["targets"]
+    seq_len = data.sequence_length
     batch_sharding = partitioning.named_sharding(
         ("batch", "length"), (data.global_batch_size, seq_len), mesh, activation_rules)
     divergence_cfg = DivergenceConfig()
@@ -121,6 +128,9 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
             flops_per_token=metrics_lib.train_flops_per_token(cfg, seq_len),
             peak_flops=metrics_lib.total_peak_flops(peak_flops_per_device), faults=faults,
             divergence=divergence_cfg, redo_until=furthest_step,
+            task_eval=task_eval, task_eval_every=task_eval_every,
+            evaluator=evaluation.evaluator(task_eval, data.task_feature_lengths) if task_eval
+            else None,
             batches_from=lambda start: input_pipeline.train_batches(
                 data, start, jax.process_index(), jax.process_count()))
         eval_batches = [_global_batch(b, batch_sharding) for b in input_pipeline.eval_batches(
@@ -150,6 +160,9 @@ class _LoopContext:
     divergence: DivergenceConfig
     redo_until: int
     batches_from: object
+    task_eval: object = None
+    task_eval_every: int | None = None
+    evaluator: object = None
 
 
 def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
@@ -181,11 +194,8 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
                 step, batches, pending = rolled_back_to, ctx.batches_from(position), None
                 continue
         pending = (step, step_metrics)
-        if ctx.eval_every and (step % ctx.eval_every == 0 or step == ctx.train_steps):
-            with run.goodput.spend("evaluation"):
-                eval_loss = _evaluate(ctx.eval_step, state["params"], eval_batches)
-            run.writer.write(step, {"eval_loss": eval_loss})
-            run.writer.message(f"step {step}: eval_loss {eval_loss:.4f}")
+        with run.goodput.spend("evaluation"):
+            _maybe_evaluate(run, ctx, step, state["params"], eval_batches)
         stop = preemption.should_stop()
         with run.goodput.spend("checkpointing"):
             _save_if_healthy(run, step, state, position, ladder,
@@ -202,6 +212,24 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
         ladder.observe(pending[0], int(jax.device_get(pending[1]["anomaly"])))
         logged = _log(run, ctx, *pending, meter)
     return logged
+
+
+def _due(step: int, every: int | None, ctx: _LoopContext) -> bool:
+    return bool(every) and (step % every == 0 or step == ctx.train_steps)
+
+
+def _maybe_evaluate(run: Run, ctx: _LoopContext, step: int, params, eval_batches) -> None:
+    if _due(step, ctx.eval_every, ctx):
+        eval_loss = _evaluate(ctx.eval_step, params, eval_batches)
+        run.writer.write(step, {"eval_loss": eval_loss})
+        run.writer.message(f"step {step}: eval_loss {eval_loss:.4f}")
+    if ctx.task_eval and _due(step, ctx.task_eval_every, ctx):
+        from t5x_lite import evaluation
+        results = evaluation.evaluate(run.spec, params, run.mesh, ctx.task_eval, step,
+                                      evaluator_=ctx.evaluator)
+        evaluation.write_results(run.model_dir, step, results)
+        for line in evaluation.summary_lines(step, results):
+            run.writer.message(line)
 
 
 @jax.jit
