@@ -47,19 +47,23 @@ def problem_split(problem: Problem) -> str:
 
 
 def nth_problem(operation: str, stream: str, split: str, index: int,
-                operand_digits: tuple | None = None) -> Problem:
+                operand_ranges: tuple | None = None) -> Problem:
     """Problem `index` of the stream `stream` of `split`: the first draw that belongs to
-    `split`. `operand_digits` overrides the operation's (min, max) digits per operand."""
-    digits = operand_digits or OPERAND_DIGITS[operation]
+    `split`. `operand_ranges` ((low, high) per operand, inclusive) overrides the
+    operation's digit counts."""
     for attempt in range(10_000):
-        problem = _draw(operation, digits, random.Random(f"{stream}:{split}:{index}:{attempt}"))
+        rng = random.Random(f"{stream}:{split}:{index}:{attempt}")
+        problem = _draw(operation, rng, operand_ranges)
         if problem_split(problem) == split:
             return problem
     raise RuntimeError(f"No {split} problem for {operation} in 10000 draws.")
 
 
-def _draw(operation: str, operand_digits, rng: random.Random) -> Problem:
-    a, b = (_random_number(rng, digits) for digits in operand_digits)
+def _draw(operation: str, rng: random.Random, operand_ranges=None) -> Problem:
+    if operand_ranges:
+        a, b = (rng.randint(low, high) for low, high in operand_ranges)
+    else:
+        a, b = (_random_number(rng, digits) for digits in OPERAND_DIGITS[operation])
     if operation == "subtract" and b > a:
         a, b = b, a   # Answers stay non-negative.
     return Problem(operation, a, b)

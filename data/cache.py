@@ -4,7 +4,7 @@ import contextlib
 import fcntl
 import os
 import pathlib
-from typing import Iterator
+from collections.abc import Iterator
 
 CACHE_DIR_ENV = "T5X_LITE_CACHE_DIR"
 

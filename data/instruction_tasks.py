@@ -9,8 +9,8 @@ Task families (byte vocabulary; each has an `_spm` twin with the SentencePiece o
 * `arithmetic_{add,subtract,multiply}_{direct,cot}`: generated problems on 2-3 digit
   numbers (multiplication by a 1-2 digit number), answered directly or worked out
   step by step (chain of thought); unlimited train data, 1000 validation problems;
-* `arithmetic_add_digit_direct`: a 2-3 digit number plus one digit, small enough for a
-  tiny model to learn in a few hundred steps (quick fine-tuning checks; in no Mixture).
+* `arithmetic_increment_direct`: a 2-3 digit number plus one, small enough for a tiny
+  model to learn in a few hundred steps (quick fine-tuning checks; in no Mixture).
 
 Mixture `instruct_train` mixes the training Tasks at `TRAIN_RATES`. The Tasks in
 `HELD_OUT_TASKS` (a new code task and a new operation) are in no training mixture:
@@ -46,7 +46,7 @@ TRAIN_RATES = {
 HELD_OUT_TASKS = ("stdlib_summary", "arithmetic_multiply_direct", "arithmetic_multiply_cot")
 VOCABULARY_SUFFIXES = {"byte": "", "spm": "_spm"}   # As the embedded corpus Tasks name them.
 ARITHMETIC_VALIDATION_SIZE = 1000
-SMALL_TASK, SMALL_TASK_DIGITS = "arithmetic_add_digit_direct", ((2, 3), (1, 1))
+SMALL_TASK, SMALL_TASK_RANGES = "arithmetic_increment_direct", ((10, 999), (1, 1))
 SPLITS = ("train", "validation")
 
 
@@ -86,13 +86,13 @@ def arithmetic_fields(problem: arithmetic.Problem) -> dict[str, str | int]:
 
 
 def arithmetic_example_fn(task: str, operation: str, step_by_step: bool,
-                          operand_digits: tuple | None = None):
+                          operand_ranges: tuple | None = None):
     """make_example(split, stream, index) for a GeneratedSource."""
     templates = phrasings.ARITHMETIC_STEP_BY_STEP if step_by_step else phrasings.ARITHMETIC_DIRECT
 
     def make_example(split: str, stream: int, index: int) -> dict[str, str]:
         problem = arithmetic.nth_problem(operation, f"{task}:{stream}", split, index,
-                                         operand_digits)
+                                         operand_ranges)
         return render(templates, arithmetic_fields(problem), key=f"{task}:{problem.a}:{problem.b}")
 
     return make_example
@@ -118,7 +118,7 @@ def task_specs() -> list[InstructionTaskSpec]:
             specs.append(InstructionTaskSpec(
                 name, functools.partial(GeneratedSource, make_example, ARITHMETIC_VALIDATION_SIZE),
                 "final_answer" if step_by_step else "strip", ("accuracy", "log_likelihood")))
-    make_example = arithmetic_example_fn(SMALL_TASK, "add", False, SMALL_TASK_DIGITS)
+    make_example = arithmetic_example_fn(SMALL_TASK, "add", False, SMALL_TASK_RANGES)
     specs.append(InstructionTaskSpec(
         SMALL_TASK, functools.partial(GeneratedSource, make_example, ARITHMETIC_VALIDATION_SIZE),
         "strip", ("accuracy", "log_likelihood")))

@@ -46,7 +46,7 @@ class _TokenIds(seqio.PassThroughFeatureConverter):
     """Hands the Tasks' token ids to the model functions as they are, unpacked."""
 
     pack = False
-    TASK_FEATURES = {"inputs": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+    TASK_FEATURES = {"inputs": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),  # noqa: RUF012
                      "targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)}
 
 

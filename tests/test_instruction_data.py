@@ -365,6 +365,13 @@ def _predictions(make_text, length=384):
     return predict
 
 
+def _scores(value: float):
+    """A score_fn giving every example the log-likelihood `value`."""
+    def score(dataset):
+        return [(index, value) for index, _ in dataset.as_numpy_iterator()]
+    return score
+
+
 @pytest.fixture(scope="module")
 def held_out_evaluator():
     evaluator = seqio.Evaluator(
@@ -383,8 +390,10 @@ def held_out_evaluator():
 def test_evaluator_scores_the_final_answer_of_worked_solutions(held_out_evaluator, prediction,
                                                                expected):
     metrics, _ = held_out_evaluator.evaluate(compute_metrics=True,
-                                             predict_fn=_predictions(prediction))
-    assert metrics.result()["arithmetic_multiply_cot"] == {"accuracy": pytest.approx(expected)}
+                                             predict_fn=_predictions(prediction),
+                                             score_fn=_scores(-2.5))
+    assert metrics.result()["arithmetic_multiply_cot"] == {
+        "accuracy": pytest.approx(expected), "log_likelihood": pytest.approx(-2.5)}
 
 
 def test_direct_answers_are_stripped_and_summaries_get_token_f1():
