@@ -6,11 +6,13 @@ a new seed gives new examples rather than a new order. The validation split is t
 first `validation_size` examples of one fixed stream, the same for every seed.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import seqio
 import tensorflow as tf
+
+from .sharded_source import ShardableSource
 
 # make_example(split, stream, index) -> {'inputs': str, 'targets': str}
 ExampleFn = Callable[[str, int, int], Mapping[str, str]]
@@ -19,23 +21,13 @@ _VALIDATION_STREAM = 0
 CHUNK_SIZE = 64   # Examples made per Python call; the calls, not the examples, are costly.
 
 
-class GeneratedSource(seqio.DataSource):
+class GeneratedSource(ShardableSource):
     """Examples made by `make_example`, unlimited in 'train', `validation_size` in 'validation'."""
 
     def __init__(self, make_example: ExampleFn, validation_size: int):
         self._make_example = make_example
         self._validation_size = validation_size
         super().__init__(splits=("train", "validation"))
-
-    @property
-    def supports_arbitrary_sharding(self) -> bool:
-        return True
-
-    def list_shards(self, split: str) -> Sequence[str]:
-        return [split]
-
-    def num_input_examples(self, split: str) -> None:
-        return None  # Keeps seqio from caching (and so freezing) a shuffled order.
 
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                     shard_info: seqio.ShardInfo | None = None, *,

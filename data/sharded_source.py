@@ -15,12 +15,9 @@ import tensorflow as tf
 EXAMPLE_SHUFFLE_BUFFER_SIZE = 16_384
 
 
-class ShardFirstSource(seqio.DataSource):
-    """Examples from `read_split(split)`, a dataset in a fixed order."""
-
-    def __init__(self, read_split: Callable[[str], tf.data.Dataset], splits: Sequence[str]):
-        self._read_split = read_split
-        super().__init__(splits=tuple(splits))
+class ShardableSource(seqio.DataSource):
+    """A source that shards itself in `get_dataset`, any number of ways, and that
+    seqio must not cache."""
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
@@ -31,6 +28,14 @@ class ShardFirstSource(seqio.DataSource):
 
     def num_input_examples(self, split: str) -> None:
         return None  # Keeps seqio from caching (and so freezing) the shuffled order.
+
+
+class ShardFirstSource(ShardableSource):
+    """Examples from `read_split(split)`, a dataset in a fixed order."""
+
+    def __init__(self, read_split: Callable[[str], tf.data.Dataset], splits: Sequence[str]):
+        self._read_split = read_split
+        super().__init__(splits=tuple(splits))
 
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                     shard_info: seqio.ShardInfo | None = None, *,

@@ -71,3 +71,13 @@ def wait_for_step(model_dir, step: int, processes, timeout: float = 300) -> None
             return
         time.sleep(0.05)
     raise AssertionError(f"step {step} never appeared in {model_dir}")
+
+
+def assert_one_line_error(result, command: str, *fragments: str) -> None:
+    """Exit code 2, no traceback, and a last stderr line naming the problem."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"t5x_lite {command}: error:"), last_line
+    for fragment in fragments:
+        assert fragment in last_line, last_line

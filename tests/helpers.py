@@ -1,6 +1,7 @@
 """Small models and synthetic packed batches shared by the tests."""
 
 import contextlib
+import itertools
 
 import jax
 import numpy as np
@@ -50,3 +51,16 @@ def tiny_training(mesh_shape, warmup_steps: int, decay_steps: int, cfg=TINY, nam
         train_step = steps.make_train_step(spec, optimizer, schedule, shardings, batch_sharding,
                                            num_microbatches, faults)
         yield state, train_step, batch_sharding
+
+
+def take(iterator, count: int) -> list:
+    return list(itertools.islice(iterator, count))
+
+
+def assert_same_batches(left: list[dict], right: list[dict]) -> None:
+    """The same batches: same keys in the same order, equal arrays."""
+    assert len(left) == len(right)
+    for a, b in zip(left, right):
+        assert list(a) == list(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -1,6 +1,5 @@
 """The data layer: embedded corpus, vocabularies, text-file Tasks and the sharded batch stream."""
 
-import itertools
 import json
 import os
 import pathlib
@@ -15,6 +14,7 @@ import seqio
 from t5x_lite import input_pipeline, vocabularies
 from t5x_lite.data import embedded_corpus, text_file_task
 from t5x_lite.data.embedded_corpus import documents
+from tests.helpers import assert_same_batches, take
 
 LENGTH = 64
 
@@ -23,18 +23,6 @@ def _config(name, **overrides):
     fields = dict(mixture_or_task_name=name, task_feature_lengths={"targets": LENGTH},
                   global_batch_size=8, seed=0, num_data_shards=1)
     return input_pipeline.DataConfig(**{**fields, **overrides})
-
-
-def _take(iterator, count):
-    return list(itertools.islice(iterator, count))
-
-
-def _assert_same_batches(left, right):
-    assert len(left) == len(right)
-    for a, b in zip(left, right):
-        assert a.keys() == b.keys()
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def _decoded_rows(batches, vocabulary):
@@ -141,19 +129,19 @@ def test_sentencepiece_vocabulary_trains_itself_on_first_use(tmp_path, monkeypat
 def mixture_batches():
     """The first 6 global batches of the byte mixture, seed 0, 2 data shards."""
     cfg = _config("embedded", num_data_shards=2)
-    return _take(input_pipeline.train_batches(cfg, 0, 0, 1), 6)
+    return take(input_pipeline.train_batches(cfg, 0, 0, 1), 6)
 
 
 def test_same_seed_and_position_give_identical_batches_and_resume_matches(mixture_batches):
     cfg = _config("embedded", num_data_shards=2)
-    resumed = _take(input_pipeline.train_batches(cfg, start_position=4, process_index=0,
+    resumed = take(input_pipeline.train_batches(cfg, start_position=4, process_index=0,
                                                  process_count=1), 2)
-    _assert_same_batches(resumed, mixture_batches[4:6])
+    assert_same_batches(resumed, mixture_batches[4:6])
 
 
 def test_different_seeds_give_different_batches(mixture_batches):
     cfg = _config("embedded", num_data_shards=2, seed=1)
-    other = _take(input_pipeline.train_batches(cfg, 0, 0, 1), 1)[0]
+    other = take(input_pipeline.train_batches(cfg, 0, 0, 1), 1)[0]
     assert not np.array_equal(other["decoder_target_tokens"],
                               mixture_batches[0]["decoder_target_tokens"])
 
@@ -172,15 +160,15 @@ def test_global_batch_is_the_same_for_any_process_count(short_records_task):
     cfg = _config(short_records_task, num_data_shards=4)
     global_batches = {}
     for process_count in (1, 2, 4):
-        per_process = [_take(input_pipeline.train_batches(cfg, 1, p, process_count), 2)
+        per_process = [take(input_pipeline.train_batches(cfg, 1, p, process_count), 2)
                        for p in range(process_count)]
         for rows in per_process[0][0].values():
             assert rows.shape[0] == 8 // process_count
         global_batches[process_count] = [
             {key: np.concatenate([batches[i][key] for batches in per_process])
              for key in input_pipeline.MODEL_FEATURES} for i in range(2)]
-    _assert_same_batches(global_batches[1], global_batches[2])
-    _assert_same_batches(global_batches[1], global_batches[4])
+    assert_same_batches(global_batches[1], global_batches[2])
+    assert_same_batches(global_batches[1], global_batches[4])
 
 
 def test_bad_layouts_raise_one_clear_line():
@@ -197,7 +185,7 @@ def test_bad_layouts_raise_one_clear_line():
 
 def test_packed_rows_restart_positions_per_segment(short_records_task):
     cfg = _config(short_records_task)
-    batches = _take(input_pipeline.train_batches(cfg, 0, 0, 1), 2)
+    batches = take(input_pipeline.train_batches(cfg, 0, 0, 1), 2)
     segment_counts = []
     for batch in batches:
         for row in range(8):
@@ -226,7 +214,7 @@ def _check_packed_row(targets, inputs, weights, segments, positions):
 
 def test_unpacked_rows_get_segment_ids_and_positions(short_records_task):
     cfg = _config(short_records_task, pack=False)
-    batch = _take(input_pipeline.train_batches(cfg, 0, 0, 1), 1)[0]
+    batch = take(input_pipeline.train_batches(cfg, 0, 0, 1), 1)[0]
     np.testing.assert_array_equal(batch["decoder_segment_ids"],
                                   (batch["decoder_target_tokens"] != 0).astype(np.int32))
     np.testing.assert_array_equal(batch["decoder_positions"],
@@ -247,7 +235,7 @@ def test_txt_task_splits_each_file_by_position(tmp_path):
     cfg = _config(name, pack=False, num_data_shards=2)
 
     validation_rows = _decoded_rows(input_pipeline.eval_batches(cfg, 6, 0, 1), vocabulary)
-    train_rows = _decoded_rows(_take(input_pipeline.train_batches(cfg, 0, 0, 1), 6), vocabulary)
+    train_rows = _decoded_rows(take(input_pipeline.train_batches(cfg, 0, 0, 1), 6), vocabulary)
     assert all(0 < len(row) <= LENGTH - 1 for row in validation_rows + train_rows)
     assert all(row in validation_text and row not in train_text for row in validation_rows)
     assert all(row in train_text and row not in validation_text for row in train_rows)
@@ -274,8 +262,8 @@ def test_jsonl_task_reads_one_example_per_line(short_records_task):
 
 def test_eval_rows_are_split_between_processes(short_records_task):
     cfg = _config(short_records_task, num_data_shards=2)
-    whole = _take(input_pipeline.eval_batches(cfg, 2, 0, 1), 2)
-    halves = [_take(input_pipeline.eval_batches(cfg, 2, p, 2), 2) for p in range(2)]
+    whole = take(input_pipeline.eval_batches(cfg, 2, 0, 1), 2)
+    halves = [take(input_pipeline.eval_batches(cfg, 2, p, 2), 2) for p in range(2)]
     for i in range(2):
         for key in input_pipeline.MODEL_FEATURES:
             np.testing.assert_array_equal(
@@ -346,6 +334,6 @@ def test_too_many_shards_for_the_eval_split_raises(short_records_task):
 def test_spm_mixture_yields_batches_in_the_spm_vocabulary():
     cfg = _config("embedded_spm")
     vocabulary = input_pipeline.output_vocabulary("embedded_spm")
-    batch = _take(input_pipeline.train_batches(cfg, 0, 0, 1), 1)[0]
+    batch = take(input_pipeline.train_batches(cfg, 0, 0, 1), 1)[0]
     assert batch["decoder_target_tokens"].max() < vocabulary.vocab_size
     assert vocabulary.vocab_size == vocabularies.DEFAULT_SPM_VOCAB_SIZE

@@ -35,7 +35,7 @@ from t5x_lite.hf import export, import_
 from t5x_lite.hf.vocabulary import RunVocabulary
 from t5x_lite.models.config import DecoderConfig
 from t5x_lite.train_state import ModelSpec
-from tests.cli import run_cli, train_command
+from tests.cli import assert_one_line_error, run_cli, train_command
 
 torch.manual_seed(0)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -387,15 +387,6 @@ def test_import_refuses_what_it_cannot_compute(tmp_path, change, fragment):
 
 
 # --- errors ----------------------------------------------------------------------------
-
-def assert_one_line_error(result, command, *fragments):
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith(f"t5x_lite {command}: error:"), last_line
-    for fragment in fragments:
-        assert fragment in last_line, last_line
-
 
 def test_cli_export_of_a_missing_checkpoint(tmp_path):
     out = tmp_path / "hf"

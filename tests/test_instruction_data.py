@@ -26,6 +26,7 @@ from t5x_lite.data import (
 from t5x_lite.data.instruction_metrics import final_answer
 from t5x_lite.data.pydoc_paragraphs import topic_paragraphs
 from t5x_lite.steps import BATCH_KEYS
+from tests.helpers import assert_same_batches, take
 
 LENGTHS = {"inputs": 512, "targets": 384}
 BYTE_VOCABULARY = seqio.ByteVocabulary()
@@ -36,18 +37,6 @@ def _config(name, lengths=LENGTHS, **overrides):
     fields = {"mixture_or_task_name": name, "task_feature_lengths": lengths,
               "global_batch_size": 4, "seed": 0, "num_data_shards": 2}
     return input_pipeline.DataConfig(**{**fields, **overrides})
-
-
-def _take(iterator, count):
-    return list(itertools.islice(iterator, count))
-
-
-def _assert_same_batches(left, right):
-    assert len(left) == len(right)
-    for a, b in zip(left, right):
-        assert list(a) == list(b)
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def _examples(task_name, split="train", count=200, lengths=None):
@@ -114,7 +103,7 @@ def test_unpacked_converter_gives_the_same_features():
 @pytest.fixture(scope="module")
 def train_batches():
     """The first 4 global batches of `instruct_train` (4 rows of 896 tokens, 2 data shards)."""
-    return _take(input_pipeline.train_batches(_config("instruct_train"), 0, 0, 1), 4)
+    return take(input_pipeline.train_batches(_config("instruct_train"), 0, 0, 1), 4)
 
 
 def test_batches_have_exactly_the_train_step_features(train_batches):
@@ -199,19 +188,19 @@ def _evaluate(expression):
 
 
 def test_same_seed_and_position_resume_the_same_stream(train_batches):
-    resumed = _take(input_pipeline.train_batches(_config("instruct_train"), 2, 0, 1), 2)
-    _assert_same_batches(resumed, train_batches[2:4])
+    resumed = take(input_pipeline.train_batches(_config("instruct_train"), 2, 0, 1), 2)
+    assert_same_batches(resumed, train_batches[2:4])
 
 
 def test_rows_are_split_between_processes_and_seeds_change_the_data():
     cfg = _config("arithmetic_add_direct", lengths={"inputs": 64, "targets": 8})
-    whole = _take(input_pipeline.train_batches(cfg, 3, 0, 1), 2)
-    halves = [_take(input_pipeline.train_batches(cfg, 3, p, 2), 2) for p in range(2)]
+    whole = take(input_pipeline.train_batches(cfg, 3, 0, 1), 2)
+    halves = [take(input_pipeline.train_batches(cfg, 3, p, 2), 2) for p in range(2)]
     for i in range(2):
         for key in BATCH_KEYS:
             np.testing.assert_array_equal(
                 whole[i][key], np.concatenate([halves[0][i][key], halves[1][i][key]]))
-    other_seed = _take(input_pipeline.train_batches(_config(
+    other_seed = take(input_pipeline.train_batches(_config(
         "arithmetic_add_direct", lengths={"inputs": 64, "targets": 8}, seed=1), 3, 0, 1), 1)
     assert not np.array_equal(other_seed[0]["decoder_target_tokens"],
                               whole[0]["decoder_target_tokens"])
@@ -219,7 +208,7 @@ def test_rows_are_split_between_processes_and_seeds_change_the_data():
 
 def test_eval_batches_read_the_validation_problems():
     cfg = _config("arithmetic_subtract_cot")
-    batch = _take(input_pipeline.eval_batches(cfg, 1, 0, 1), 1)[0]
+    batch = take(input_pipeline.eval_batches(cfg, 1, 0, 1), 1)[0]
     for row in range(4):
         for inputs, targets in _segments(batch, row):
             a, b = map(int, re.findall(r"\d+", inputs)[:2])
@@ -440,8 +429,8 @@ def test_jsonl_task_via_gin(qa_file):
     assert cfg.mixture_or_task_name == "test_qa"
     pairs = {split: [p for batch in batches for row in range(4) for p in _segments(batch, row)]
              for split, batches in (
-                 ("train", _take(input_pipeline.train_batches(cfg, 0, 0, 1), 3)),
-                 ("validation", _take(input_pipeline.eval_batches(cfg, 2, 0, 1), 2)))}
+                 ("train", take(input_pipeline.train_batches(cfg, 0, 0, 1), 3)),
+                 ("validation", take(input_pipeline.eval_batches(cfg, 2, 0, 1), 2)))}
     numbers, phrasings = {}, set()
     for split, split_pairs in pairs.items():
         for inputs, targets in split_pairs:

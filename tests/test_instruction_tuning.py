@@ -10,7 +10,7 @@ import tensorflow as tf
 from t5x_lite.data import InstructionFeatureConverter
 from t5x_lite.models.losses import cross_entropy_sums
 from t5x_lite.train_state import ModelSpec
-from tests.cli import run_cli, train_command
+from tests.cli import assert_one_line_error, run_cli, train_command
 from tests.helpers import TINY
 
 EOS = 1
@@ -133,26 +133,17 @@ def test_infer_writes_outputs_and_scores(pretrained, tmp_path):
             "utf-8", errors="ignore")
 
 
-def _assert_one_line_error(result, command: str, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith(f"t5x_lite {command}: error:"), last_line
-    for fragment in fragments:
-        assert fragment in last_line, last_line
-
-
 def test_bad_prompts_and_unknown_tasks_fail_clearly(pretrained, tmp_path):
     output = tmp_path / "outputs.jsonl"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"inputs": "ok"}\nnot json\n')
-    _assert_one_line_error(_cli("infer", f"--model_dir={pretrained}", f"--prompts_file={bad}",
+    assert_one_line_error(_cli("infer", f"--model_dir={pretrained}", f"--prompts_file={bad}",
                                 f"--output={output}"), "infer", "bad.jsonl:2 is not JSON")
-    _assert_one_line_error(_cli("infer", f"--model_dir={pretrained}",
+    assert_one_line_error(_cli("infer", f"--model_dir={pretrained}",
                                 f"--prompts_file={tmp_path / 'missing.txt'}",
                                 f"--output={output}"), "infer", "does not exist")
     assert not output.exists()
-    _assert_one_line_error(_cli("eval", f"--model_dir={pretrained}", "--tasks=no_such_task"),
+    assert_one_line_error(_cli("eval", f"--model_dir={pretrained}", "--tasks=no_such_task"),
                            "eval", "unknown Task or Mixture 'no_such_task'")
     assert not (pretrained / "eval_results.jsonl").exists() or "no_such_task" not in (
         pretrained / "eval_results.jsonl").read_text()
