@@ -13,7 +13,7 @@ import os
 
 import jax
 
-from t5x_lite import checkpointing, decoding, evaluation, partitioning
+from t5x_lite import decoding, evaluation, partitioning
 from t5x_lite.errors import ConfigError
 from t5x_lite.hf import checkpoint_reader
 from t5x_lite.train_state import ModelSpec
@@ -30,12 +30,9 @@ class LoadedModel:
 def load(model_dir: str, step: int | None, mesh_shape, param_rules) -> LoadedModel:
     """The params of a run's checkpoint (default: the newest), sharded over `mesh_shape`."""
     checkpoint = checkpoint_reader.locate(model_dir, step)
-    spec = ModelSpec.create(checkpoint.cfg)
     mesh = partitioning.create_mesh(mesh_shape)
-    abstract = jax.eval_shape(lambda: spec.init_params(0))
-    shardings = partitioning.tree_shardings(spec.logical_axes, abstract, mesh, param_rules)
-    params = checkpointing.restore_params(checkpoint.step_dir, abstract, shardings)
-    return LoadedModel(checkpoint, spec, params, mesh)
+    params = checkpoint_reader.restore_sharded_params(checkpoint, mesh, param_rules)
+    return LoadedModel(checkpoint, ModelSpec.create(checkpoint.cfg), params, mesh)
 
 
 def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:

@@ -75,13 +75,14 @@ def model_config(meta: dict, step_dir: str) -> DecoderConfig:
     return DecoderConfig(**values)
 
 
-def restore_sharded_params(checkpoint: RunCheckpoint) -> dict:
-    """The params as jax Arrays sharded over all local devices (nothing gathered)."""
+def restore_sharded_params(checkpoint: RunCheckpoint, mesh=None,
+                           param_rules=partitioning.DEFAULT_PARAM_RULES) -> dict:
+    """The params as jax Arrays sharded over `mesh` (default: all local devices on the
+    fsdp axis) by `param_rules`; nothing is gathered on the host."""
     spec = ModelSpec.create(checkpoint.cfg)
     abstract = jax.eval_shape(lambda: spec.init_params(0))
-    mesh = partitioning.create_mesh((1, -1, 1))
-    shardings = partitioning.tree_shardings(spec.logical_axes, abstract, mesh,
-                                            partitioning.DEFAULT_PARAM_RULES)
+    mesh = mesh or partitioning.create_mesh((1, -1, 1))
+    shardings = partitioning.tree_shardings(spec.logical_axes, abstract, mesh, param_rules)
     try:
         return checkpointing.restore_params(checkpoint.step_dir, abstract, shardings)
     except ConfigError:
