@@ -1,4 +1,4 @@
-"""Benchmark figures from what each run leaves behind.
+"""Shakespeare suite figures from what each run leaves behind.
 
 t5x_lite logs `tokens_per_second` over the interval since its previous logged
 step. The first interval holds step 1 (compile); intervals that hold an eval or
@@ -11,9 +11,7 @@ import json
 import pathlib
 import statistics
 
-
-class BenchError(RuntimeError):
-    """A failure the harness reports as one line."""
+from harness import BenchError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,232 +1,196 @@
-"""Character-level Shakespeare on CPU: t5x_lite beside the PyTorch reference.
+"""Runs benchmark suites and rewrites BENCHMARKS.md from their results.
 
-    python bench/run.py [--steps 2000] [--text PATH] [--out_dir bench/results]
-                        [--skip_torch] [--devices 2]
+    python bench/run.py [--suites a,b,...] [--out_dir bench/results] [--list]
+                        [--<suite>.<flag> [VALUE]] ...
 
-Runs bench/torch_reference.py, then `t5x_lite train` with
-gin/experiments/shakespeare_char.gin, each as a child process, and writes
-<out_dir>/shakespeare.json and the matching section of BENCHMARKS.md.
+A suite is a module bench/suite_<name>.py with TITLE, DEVICES and section(result);
+each selected suite runs as `python bench/suite_<name>.py --out <out_dir>/<name>.json`
+(plus its flags, `--shakespeare.steps 200` passing `--steps 200` to shakespeare),
+with its output in <out_dir>/<name>.log. Then the sections of the suites that ran
+are replaced in BENCHMARKS.md and the summary table at its top is rebuilt from
+every suite's results JSON in out_dir. A failed suite: one line, the others still
+run, exit code 1.
 """
 
 import argparse
-import datetime
-import importlib.metadata
+import importlib.util
 import json
 import os
 import pathlib
-import platform
-import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
+import types
 
-import figures
-import report
-from figures import BenchError
+import harness
+import markdown
+from harness import BenchError
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-TORCH_REFERENCE = REPO / "bench" / "torch_reference.py"
-DEFAULT_TEXT = (REPO.parent / "shared" / "data" / "tinyshakespeare.txt").resolve()
-DEFAULT_OUT_DIR = REPO / "bench" / "results"
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
-GIN_FILE = "experiments/shakespeare_char.gin"
-RESULTS_NAME = "shakespeare.json"
+BENCHMARKS_MD = harness.REPO / "BENCHMARKS.md"
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--text", type=pathlib.Path, default=DEFAULT_TEXT)
-    parser.add_argument("--out_dir", type=pathlib.Path, default=DEFAULT_OUT_DIR)
-    parser.add_argument("--skip_torch", action="store_true",
-                        help="reuse the torch figures of the last results with the same setup")
-    parser.add_argument("--devices", type=int, default=2,
-                        help="XLA host devices for t5x_lite (one per core is fastest)")
-    args = parser.parse_args(argv)
-    args.text, args.out_dir = args.text.resolve(), args.out_dir.resolve()
-    if not args.text.is_file():
-        raise BenchError(f"--text {args.text}: no such file; give the path of a text file")
-    if args.steps < 1 or args.devices < 1:
-        raise BenchError("--steps and --devices must be positive")
-    return args
+def discover(suite_dir: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Suite name -> module path, sorted by name."""
+    paths = sorted(suite_dir.glob("suite_*.py"))
+    return {path.stem.removeprefix("suite_"): path for path in paths}
 
 
-def run_child(name: str, argv: list[str], env: dict, log_path: pathlib.Path) -> dict:
-    """Runs one child to completion; its wall time and its own peak RSS."""
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        # wait4 gives this child's own rusage; RUSAGE_CHILDREN would be a max over all children.
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-    wall_s = time.perf_counter() - start
-    if process.returncode != 0:
-        raise BenchError(f"{name} failed (exit code {process.returncode}): "
-                         f"{_last_line(log_path)} [log: {log_path}]")
-    # ru_maxrss is in kilobytes on Linux.
-    return {"wall_s": wall_s, "peak_rss_mb": usage.ru_maxrss / 1024}
+def load_suite(path: pathlib.Path) -> types.ModuleType:
+    """Imports a suite module (its folder on sys.path, for its helper modules)."""
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for attribute in ("TITLE", "DEVICES", "section"):
+        if not hasattr(module, attribute):
+            raise BenchError(f"{harness.shown_path(path)} has no {attribute}")
+    return module
 
 
-def _last_line(log_path: pathlib.Path) -> str:
-    """The last non-blank line of a log, progress-bar carriage returns included."""
-    text = log_path.read_text(errors="replace").replace("\r", "\n")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "(no output)"
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, list[str]]]:
+    """The entry point's own flags, and each suite's flags keyed by suite name."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], allow_abbrev=False,
+        epilog="Flags of the form --<suite>.<flag> [VALUE] go to that suite as --<flag> [VALUE].")
+    parser.add_argument("--suites", help="comma-separated suite names (default: all)")
+    parser.add_argument("--out_dir", type=pathlib.Path, default=harness.DEFAULT_OUT_DIR)
+    parser.add_argument("--list", action="store_true", help="list the suites and exit")
+    parser.add_argument("--suite_dir", type=pathlib.Path, default=harness.BENCH_DIR,
+                        help="where the suite_<name>.py modules are")
+    parser.add_argument("--markdown", type=pathlib.Path, default=BENCHMARKS_MD,
+                        help="the file to rewrite")
+    args, rest = parser.parse_known_args(argv)
+    return args, _suite_flags(rest, parser)
 
 
-def torch_command(args: argparse.Namespace, summary_path: pathlib.Path) -> list[str]:
-    return [sys.executable, str(TORCH_REFERENCE), "--text", str(args.text),
-            "--steps", str(args.steps), "--out", str(summary_path)]
+def _suite_flags(rest: list[str], parser: argparse.ArgumentParser) -> dict[str, list[str]]:
+    """`--name.flag[=value] [value ...]` -> {name: ['--flag[=value]', 'value', ...]}."""
+    flags: dict[str, list[str]] = {}
+    current = None
+    for token in rest:
+        if token.startswith("--") and "." in token.split("=", 1)[0]:
+            current, flag = token[2:].split(".", 1)
+            flags.setdefault(current, []).append(f"--{flag}")
+        elif current is not None and not token.startswith("--"):
+            flags[current].append(token)
+        else:
+            parser.error(f"unrecognized argument {token!r}; suite flags are "
+                         "--<suite>.<flag> [VALUE]")
+    return flags
 
 
-def t5x_lite_command(args: argparse.Namespace, model_dir: pathlib.Path) -> list[str]:
-    return [_t5x_lite_cli(), "train", f"--gin_file={GIN_FILE}",
-            f"--gin.TEXT_FILES=['{args.text}']", f"--gin.MODEL_DIR='{model_dir}'",
-            f"--gin.TRAIN_STEPS={args.steps}"]
+def select(names: list[str], suites_flag: str | None, flags: dict[str, list[str]]) -> list[str]:
+    chosen = names if suites_flag is None else [n.strip() for n in suites_flag.split(",")
+                                                if n.strip()]
+    unknown = [name for name in [*chosen, *flags] if name not in names]
+    if unknown:
+        raise BenchError(f"no suite named {unknown[0]!r}; the suites are {', '.join(names)}")
+    unselected = [name for name in flags if name not in chosen]
+    if unselected:
+        raise BenchError(f"flags for suite {unselected[0]!r}, which is not selected in --suites")
+    return chosen
 
 
-def _t5x_lite_cli() -> str:
-    beside_python = pathlib.Path(sys.executable).parent / "t5x_lite"
-    found = str(beside_python) if beside_python.exists() else shutil.which("t5x_lite")
-    if not found:
-        raise BenchError("the t5x_lite command is not installed; run `pip install -e .` "
-                         "in the repository first")
-    return found
+def suite_env(devices: int | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if devices is not None:
+        env.update(harness.host_devices_env(devices, cpu_only=False))
+    return env
 
 
-def t5x_lite_env_overrides(devices: int) -> dict[str, str]:
-    """CPU only, `devices` host devices; other XLA flags of the caller are kept."""
-    kept = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
-            if not flag.startswith("--xla_force_host_platform_device_count")]
-    flags = [f"--xla_force_host_platform_device_count={devices}", *kept]
-    return {"XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"}
+def run_suite(name: str, suite: types.ModuleType, out_dir: pathlib.Path,
+              flags: list[str]) -> dict:
+    """Runs one suite's script as a child; its fresh results, with the child's wall time."""
+    path = pathlib.Path(suite.__file__)
+    results_path, log_path = out_dir / f"{name}.json", out_dir / f"{name}.log"
+    before = _stamp(results_path)
+    argv = [sys.executable, str(path), "--out", str(results_path), *flags]
+    env = suite_env(suite.DEVICES)
+    shown_env = {"XLA_FLAGS": env["XLA_FLAGS"]} if suite.DEVICES is not None else None
+    print(f"{name}: {harness.display(argv, shown_env)} (log: {harness.shown_path(log_path)})",
+          flush=True)
+    child = harness.run_child(f"suite {name}", argv, env, log_path)
+    if _stamp(results_path) in (None, before):
+        raise BenchError(f"suite {name} wrote no {harness.shown_path(results_path)} "
+                         f"[log: {harness.shown_path(log_path)}]")
+    result = json.loads(results_path.read_text())
+    print(f"{name}: done in {child['wall_s']:.0f} s", flush=True)
+    return {**result, "suite_wall_s": round(child["wall_s"], 1)}
 
 
-def display(argv: list[str], env_overrides: dict[str, str] | None = None) -> str:
-    """A command line as a user would type it from the repository root."""
-    shown = [_shown_path(part) for part in argv]
-    prefix = [f"{key}={shlex.quote(value)}" for key, value in (env_overrides or {}).items()]
-    return " ".join(prefix + [_quoted(part) for part in shown])
-
-
-def _quoted(part: str) -> str:
-    """Shell quoting that keeps `--flag="['gin', 'value']"` readable."""
-    if shlex.quote(part) == part or "=" not in part or any(c in part for c in '"$`\\!'):
-        return shlex.quote(part)
-    name, value = part.split("=", 1)
-    return f'{name}="{value}"' if shlex.quote(name) == name else shlex.quote(part)
-
-
-def _shown_path(part: str) -> str:
-    if part == sys.executable:
-        return "python"
-    if part.endswith(os.sep + "t5x_lite") and os.path.isabs(part):
-        return "t5x_lite"
-    if part.startswith(str(REPO) + os.sep):
-        return os.path.relpath(part, REPO)
-    return part
-
-
-def run_torch(args: argparse.Namespace) -> dict:
-    summary_path = args.out_dir / "torch_reference.json"
-    summary_path.unlink(missing_ok=True)
-    argv = torch_command(args, summary_path)
-    print(f"running the torch reference: {display(argv)}", flush=True)
-    child = run_child("torch reference", argv, dict(os.environ),
-                      args.out_dir / "torch_reference.log")
-    summary = json.loads(summary_path.read_text())
-    return {"command": display(argv), "summary": summary, **child}
-
-
-def run_t5x_lite(args: argparse.Namespace) -> dict:
-    model_dir = pathlib.Path(tempfile.mkdtemp(prefix="t5x_lite_bench_"))
-    try:
-        argv = t5x_lite_command(args, model_dir)
-        overrides = t5x_lite_env_overrides(args.devices)
-        print(f"running t5x_lite: {display(argv, overrides)}", flush=True)
-        child = run_child("t5x_lite train", argv, {**os.environ, **overrides},
-                          args.out_dir / "t5x_lite.log")
-        shutil.copy(model_dir / "metrics.jsonl", args.out_dir / "t5x_lite_metrics.jsonl")
-        shown = display(argv, overrides).replace(str(model_dir), "<fresh tmp dir>")
-        return {"command": shown, **child, **figures.t5x_lite_figures(model_dir)}
-    finally:
-        shutil.rmtree(model_dir, ignore_errors=True)
-
-
-def torch_side(run: dict, t5x_lite: dict) -> dict:
-    constants = figures.torch_constants(TORCH_REFERENCE)
-    side = figures.torch_figures(run["summary"], figures.torch_flops_per_token(constants),
-                                 t5x_lite["peak_flops_measured"])
-    return {"command": run["command"], "wall_s": run["wall_s"],
-            "peak_rss_mb": run["peak_rss_mb"], **side}
-
-
-def reused_torch_side(args: argparse.Namespace) -> dict | None:
-    """The torch figures of the previous results, when they ran the same text and steps."""
-    previous_path = args.out_dir / RESULTS_NAME
-    if not previous_path.is_file():
+def _stamp(path: pathlib.Path) -> tuple | None:
+    if not path.exists():
         return None
-    previous = json.loads(previous_path.read_text())
-    if previous.get("torch") is None or (previous.get("text"), previous.get("steps")) != (
-            str(args.text), args.steps):
-        return None
-    return {**previous["torch"], "reused_from": previous["torch"].get("reused_from",
-                                                                      previous["date"])}
+    status = path.stat()
+    return status.st_ino, status.st_mtime_ns
 
 
-def ratios(torch: dict | None, t5x_lite: dict) -> dict | None:
-    if torch is None:
-        return None
-    keys = ("tokens_per_second_median", "tokens_per_second_overall")
-    return {key: t5x_lite[key] / torch[key] for key in keys}
-
-
-def machine() -> dict:
-    cpu = platform.processor() or "unknown CPU"
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
-
-
-def versions() -> dict:
-    names = ("jax", "jaxlib", "flax", "torch")
-    return {"python": platform.python_version(),
-            **{name: importlib.metadata.version(name) for name in names}}
-
-
-def harness_command(argv: list[str]) -> str:
-    return " ".join(["python", "bench/run.py", *(shlex.quote(a) for a in argv)])
-
-
-def benchmark(argv: list[str]) -> dict:
-    args = parse_args(argv)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    results = {"benchmark": "shakespeare_char", "command": harness_command(argv),
-               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "machine": machine(), "versions": versions(), "text": str(args.text),
-               "steps": args.steps, "devices": args.devices}
-    torch_run = None if args.skip_torch else run_torch(args)
-    t5x_lite = run_t5x_lite(args)
-    torch = torch_side(torch_run, t5x_lite) if torch_run else reused_torch_side(args)
-    results.update(torch=torch, t5x_lite=t5x_lite,
-                   ratio_t5x_lite_over_torch=ratios(torch, t5x_lite))
-    report.write_atomically(args.out_dir / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
-    report.update_benchmarks(BENCHMARKS_MD, results)
+def present_results(names: list[str], out_dir: pathlib.Path) -> dict[str, dict]:
+    """The results JSON of every suite found in out_dir, in suite order."""
+    results = {}
+    for name in names:
+        path = out_dir / f"{name}.json"
+        if path.is_file():
+            results[name] = json.loads(path.read_text())
     return results
+
+
+def rewrite_benchmarks(path: pathlib.Path, sections: list[tuple[str, str]],
+                       all_results: dict[str, dict], out_dir: pathlib.Path) -> None:
+    """Replaces each (title, body) section in place and the summary at the top."""
+    document = path.read_text() if path.exists() else markdown.INTRO
+    for title, body in sections:
+        document = markdown.replace_section(document, title, body)
+    summary = markdown.summary_body(all_results, harness.shown_path(out_dir))
+    document = markdown.replace_section(document, markdown.SUMMARY_TITLE, summary, at_top=True)
+    harness.write_atomically(path, document)
+
+
+def list_suites(suites: dict[str, pathlib.Path]) -> None:
+    for name, path in suites.items():
+        try:
+            suite = load_suite(path)
+            print(f"{name:12} {suite.TITLE} (host devices: {suite.DEVICES or 'default'})")
+        except Exception as error:  # noqa: BLE001  (a broken suite is listed, not fatal)
+            print(f"{name:12} cannot be imported: {error}")
+
+
+def run(argv: list[str]) -> int:
+    args, flags = parse_args(argv)
+    suites = discover(args.suite_dir.resolve())
+    if args.list:
+        list_suites(suites)
+        return 0
+    chosen = select(list(suites), args.suites, flags)
+    out_dir = args.out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections, failed = [], []
+    for name in chosen:
+        try:
+            suite = load_suite(suites[name])
+            result = run_suite(name, suite, out_dir, flags.get(name, []))
+            harness.write_atomically(out_dir / f"{name}.json", json.dumps(result, indent=2) + "\n")
+            sections.append((suite.TITLE, suite.section(result)))
+        except Exception as error:  # noqa: BLE001  (one failed suite must not stop the rest)
+            print(f"bench/run.py: {_one_line(error)}", file=sys.stderr, flush=True)
+            failed.append(name)
+    rewrite_benchmarks(args.markdown.resolve(), sections, present_results(list(suites), out_dir),
+                       out_dir)
+    print(f"rewrote {harness.shown_path(args.markdown.resolve())}"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text if isinstance(error, BenchError) else f"{type(error).__name__}: {text}"
 
 
 def main() -> None:
     try:
-        results = benchmark(sys.argv[1:])
+        sys.exit(run(sys.argv[1:]))
     except BenchError as error:
         print(f"bench/run.py: error: {error}", file=sys.stderr)
-        sys.exit(1)
-    print(report.render_section(results))
+        sys.exit(2)
 
 
 if __name__ == "__main__":
