@@ -1,74 +1,154 @@
-"""Time the jitted train step alone (no data pipeline, no logging) on CPU.
+"""Time the jitted train step alone (no data pipeline, no logging) on any devices.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python bench/step_time.py [--scan]
+    python bench/step_time.py --gin_file models/decoder/1b.gin --batch 8 --length 2048 \
+        --gin.DecoderConfig.attention="'cudnn'" --out step.json          # one GPU
 
-The Shakespeare model (4 layers, width 128, 4 heads, context 64, batch 12) on a
-(devices, 1, 1) mesh with a fixed packed batch; prints the fastest and the median
-of eight 20-step windows, reading each step's loss one step behind as the trainer does.
+Without --gin_file: the Shakespeare model (4 layers, width 128, 4 heads, context 64,
+batch 12, float32). The mesh is (devices, 1, 1) unless --mesh says otherwise. Prints the
+fastest and the median of several windows of steps, reading each step's loss one step
+behind as the trainer does, and the model FLOPs utilization: FLOPs per token from the
+config (metrics.train_flops_per_token) beside XLA's own count for the compiled step, over
+the chip's dense peak (the table in metrics) or, on CPU, a measured matmul rate.
 """
 
 import argparse
+import dataclasses
+import datetime
+import json
+import os
 import time
 
+import gin
 import jax
 import numpy as np
 
-from t5x_lite import optim, partitioning, steps
+from t5x_lite import metrics, optim, partitioning, steps
 from t5x_lite.models.config import DecoderConfig
 from t5x_lite.train_state import ModelSpec, init_state, state_shardings
 
-BATCH, LENGTH, VOCAB = 12, 64, 384
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+SHAKESPEARE = dict(num_layers=4, embed_dim=128, num_heads=4, num_kv_heads=4, head_dim=32,
+                   mlp_dim=384, vocab_size=384, scan_layers=False)
 
 
-def fixed_batch() -> dict:
+def fixed_batch(batch: int, length: int, vocab_size: int) -> dict:
     rng = np.random.default_rng(0)
-    targets = rng.integers(3, VOCAB, size=(BATCH, LENGTH), dtype=np.int32)
-    inputs = np.concatenate([np.zeros((BATCH, 1), np.int32), targets[:, :-1]], axis=1)
+    targets = rng.integers(3, vocab_size, size=(batch, length), dtype=np.int32)
+    inputs = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1)
     return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets,
             "decoder_loss_weights": np.ones_like(targets),
             "decoder_segment_ids": np.ones_like(targets),
-            "decoder_positions": np.tile(np.arange(LENGTH, dtype=np.int32), (BATCH, 1))}
+            "decoder_positions": np.tile(np.arange(length, dtype=np.int32), (batch, 1))}
 
 
-def window_seconds_per_step(scan_layers: bool, windows: int = 8, steps_per_window: int = 20):
-    cfg = DecoderConfig(num_layers=4, embed_dim=128, num_heads=4, num_kv_heads=4, head_dim=32,
-                        mlp_dim=384, vocab_size=VOCAB, scan_layers=scan_layers)
-    mesh = partitioning.create_mesh((-1, 1, 1))
+def model_config(args) -> DecoderConfig:
+    if not args.gin_file:
+        return DecoderConfig(**{**SHAKESPEARE, "scan_layers": args.scan})
+    gin.parse_config_files_and_bindings(
+        [os.path.join(GIN_DIR, f) for f in args.gin_file], args.gin_bindings)
+    cfg = DecoderConfig()
+    return cfg if cfg.vocab_size else DecoderConfig(vocab_size=args.vocab_size)
+
+
+def time_steps(train_step, state, batch, windows: int, steps_per_window: int):
+    """Sorted seconds per step of each window, after a few warm-up steps."""
+    for position in range(3):
+        state, step_metrics = train_step(state, batch, position)
+    jax.block_until_ready(step_metrics)
+    seconds, previous = [], None
+    for _ in range(windows):
+        start = time.perf_counter()
+        for position in range(steps_per_window):
+            state, step_metrics = train_step(state, batch, position)
+            if previous is not None:
+                float(previous["loss"])
+            previous = step_metrics
+        jax.block_until_ready(step_metrics)
+        seconds.append((time.perf_counter() - start) / steps_per_window)
+    return sorted(seconds), float(previous["loss"])
+
+
+def measure(args) -> dict:
+    cfg = model_config(args)
+    mesh = partitioning.create_mesh(args.mesh)
     param_rules, activation_rules = partitioning.axis_rules()
     schedule = optim.create_schedule(decay_steps=2000)
     optimizer = optim.create_optimizer(schedule)
     spec = ModelSpec.create(cfg)
     _, shardings = state_shardings(spec, optimizer, mesh, param_rules)
-    batch_sharding = partitioning.named_sharding(("batch", "length"), (BATCH, LENGTH), mesh,
-                                                 activation_rules)
+    batch_sharding = partitioning.named_sharding(
+        ("batch", "length"), (args.batch, args.length), mesh, activation_rules)
     with partitioning.activation_sharding(mesh, activation_rules):
         state = init_state(spec, optimizer, shardings, seed=0)
         train_step = steps.make_train_step(spec, optimizer, schedule, shardings, batch_sharding)
-        batch = {k: jax.device_put(v, batch_sharding) for k, v in fixed_batch().items()}
-        for position in range(5):
-            state, metrics = train_step(state, batch, position)
-        jax.block_until_ready(metrics)
-        times, previous = [], None
-        for _ in range(windows):
-            start = time.perf_counter()
-            for position in range(steps_per_window):
-                state, metrics = train_step(state, batch, position)
-                if previous is not None:
-                    float(previous["loss"])
-                previous = metrics
-            jax.block_until_ready(metrics)
-            times.append((time.perf_counter() - start) / steps_per_window)
-    return sorted(times)
+        batch = {k: jax.device_put(v, batch_sharding)
+                 for k, v in fixed_batch(args.batch, args.length, cfg.vocab_size).items()}
+        start = time.perf_counter()
+        compiled = train_step.lower(state, batch, 0).compile()
+        compile_s = time.perf_counter() - start
+        seconds, loss = time_steps(train_step, state, batch, args.windows, args.steps)
+    return summarize(args, cfg, compiled, compile_s, seconds, loss)
+
+
+def summarize(args, cfg: DecoderConfig, compiled, compile_s: float, seconds, loss) -> dict:
+    tokens = args.batch * args.length
+    median = seconds[len(seconds) // 2]
+    flops_per_token = metrics.train_flops_per_token(cfg, args.length)
+    xla_flops = sum(c.get("flops", 0.0) for c in _cost_list(compiled))
+    peak = metrics.total_peak_flops()
+    devices = jax.devices()
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": devices[0].device_kind, "devices": len(devices), "jax": jax.__version__,
+        "model": dataclasses.asdict(cfg), "batch": args.batch, "length": args.length,
+        "mesh": list(args.mesh), "compile_s": compile_s,
+        "fastest_ms": 1000 * seconds[0], "median_ms": 1000 * median,
+        "tokens_per_second": tokens / median, "loss_after": loss,
+        "flops_per_token_config": flops_per_token,
+        "flops_per_step_xla": xla_flops * len(devices),
+        "xla_over_config": xla_flops * len(devices) / (flops_per_token * tokens),
+        "peak_flops": peak, "mfu": tokens / median * flops_per_token / peak,
+    }
+
+
+def _cost_list(compiled) -> list:
+    cost = compiled.cost_analysis()
+    return cost if isinstance(cost, list) else [cost]
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scan", action="store_true", help="Shakespeare model: scan layers")
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="model gin file relative to gin/ (repeatable)")
+    parser.add_argument("--batch", type=int, default=12)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--vocab_size", type=int, default=32768,
+                        help="vocabulary when the gin file leaves it to the task")
+    parser.add_argument("--mesh", type=lambda s: tuple(int(x) for x in s.split(",")),
+                        default=(-1, 1, 1))
+    parser.add_argument("--windows", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20, help="steps per window")
+    parser.add_argument("--out", help="also write the figures to this JSON file")
+    args, unknown = parser.parse_known_args()
+    args.gin_bindings = [u[len("--gin."):] for u in unknown if u.startswith("--gin.")]
+    if len(args.gin_bindings) != len(unknown):
+        parser.error(f"unknown arguments: {unknown}")
+    return args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scan", action="store_true", help="scan over layers")
-    args = parser.parse_args()
-    times = window_seconds_per_step(args.scan)
-    fastest, median = times[0], times[len(times) // 2]
-    print(f"{len(jax.devices())} devices, scan={args.scan}: fastest {1000 * fastest:.1f} ms/step, "
-          f"median {1000 * median:.1f} ms/step ({BATCH * LENGTH / median:,.0f} tokens/s)")
+    args = parse_args()
+    result = measure(args)
+    print(json.dumps(result, indent=1))
+    print(f"{result['devices']} x {result['device']}: fastest {result['fastest_ms']:.1f} ms/step,"
+          f" median {result['median_ms']:.1f} ms/step ({result['tokens_per_second']:,.0f} "
+          f"tokens/s), MFU {100 * result['mfu']:.1f}%, XLA/config FLOPs "
+          f"{result['xla_over_config']:.3f}, compile {result['compile_s']:.1f} s")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ REMAT_POLICIES = {
 }
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# "cudnn" is cuDNN's fused (flash) attention on NVIDIA GPUs, bfloat16 only; "xla" runs anywhere.
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 
 
 @gin.configurable
@@ -43,6 +45,7 @@ class DecoderConfig:
     dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    attention: str = "xla"
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -57,6 +60,13 @@ class DecoderConfig:
                 f"DecoderConfig.remat_policy={self.remat_policy!r}: use one of "
                 f"{sorted(REMAT_POLICIES)}."
             )
+
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError(f"DecoderConfig.attention={self.attention!r}: use one of "
+                              f"{ATTENTION_IMPLEMENTATIONS}.")
+        if self.attention == "cudnn" and self.dtype != "bfloat16":
+            raise ConfigError("DecoderConfig.attention='cudnn' needs dtype='bfloat16'; "
+                              "set DecoderConfig.dtype = 'bfloat16' or attention = 'xla'.")
 
     def with_vocab(self, task_vocab_size: int) -> "DecoderConfig":
         """Resolves `vocab_size` against the task's vocabulary."""

@@ -64,10 +64,14 @@ class Attention(nnx.Module):
         self.o_NHD = param(rngs, (N, H, D), ("heads", "head_dim", "embed"), out_std)
         self.rope_theta = cfg.rope_theta
         self.dtype = cfg.compute_dtype
+        self.implementation = cfg.attention
 
     def __call__(self, x_BTD, positions_BT, mask_B1TS):
         q_BTNH, k_BSKH, v_BSKH = self._project(x_BTD, positions_BT)
-        out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS)
+        # The mask is causal already; the flag lets cuDNN skip the blocks above the diagonal.
+        out_BTNH = jax.nn.dot_product_attention(
+            q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS, is_causal=self.implementation == "cudnn",
+            implementation=self.implementation)
         return self._output(out_BTNH)
 
     def decode(self, x_BTD, positions_BT, mask_B1TS, k_BSKH, v_BSKH, index):
