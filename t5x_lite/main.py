@@ -1,6 +1,6 @@
 """Command line: `t5x_lite <command> [--gin_file=...] [--gin.KEY=VALUE ...]`.
 
-Commands: train, build-vocab, supervise, export-hf, import-hf, eval, infer.
+Commands: train, build-vocab, supervise, export-hf, import-hf, eval, infer, plan.
 """
 
 import os
@@ -19,7 +19,7 @@ flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings; `--gin.KEY=VALUE` i
 flags.DEFINE_multi_string("gin_search_paths", [], "Extra folders to look for gin files in.")
 flags.DEFINE_integer("vocab_size", 8192, "build-vocab: SentencePiece vocabulary size.")
 flags.DEFINE_string("output", None, "build-vocab: where to write the model (default: cache); "
-                    "infer: the JSONL file to write.")
+                    "infer: the JSONL file to write; plan: also write the report as JSON here.")
 flags.DEFINE_enum("distributed", None, ["auto", "explicit", "cluster", "off"],
                   "train: how to join a multi-process run (default: $T5X_LITE_DISTRIBUTED, "
                   "else auto); see t5x_lite/distributed.py.")
@@ -56,8 +56,13 @@ flags.DEFINE_string("max_shard_size", "5GB", "export-hf: larger weights are spli
 flags.DEFINE_bool("overwrite", False, "export-hf, import-hf: replace a non-empty --out.")
 flags.DEFINE_string("hf_dir", None, "import-hf: a local transformers Llama checkpoint.")
 flags.DEFINE_bool("scan_layers", True, "import-hf: write the scanned (stacked) layout.")
+flags.DEFINE_string("mesh", None, "plan: a mesh config in gin/meshes (v5p-128, h100x8, ...) or "
+                    "a shape DATA,FSDP,TENSOR (default: the gin config's MESH_SHAPE).")
+flags.DEFINE_string("chip", None, "plan: v6e, v5e, v5p, v4, h200, h100 or a100 (default: "
+                    "from the mesh name).")
+flags.DEFINE_float("mfu", 0.4, "plan: the model FLOPs utilization assumed for the step time.")
 
-USAGE = ("usage: t5x_lite {train,build-vocab,export-hf,import-hf,eval,infer} [flags] | "
+USAGE = ("usage: t5x_lite {train,build-vocab,export-hf,import-hf,eval,infer,plan} [flags] | "
          "t5x_lite supervise [flags] -- COMMAND"
          "   (t5x_lite <command> --help for flags)")
 
@@ -140,8 +145,15 @@ def _infer() -> None:
                             [int(n) for n in FLAGS.mesh_shape])
 
 
+def _plan() -> None:
+    _parse_gin()
+    from t5x_lite import plan
+    plan.plan_command(FLAGS.gin_file, FLAGS.mesh, FLAGS.chip, FLAGS.mfu, FLAGS.output)
+
+
 COMMANDS = {"train": _train, "build-vocab": _build_vocab, "supervise": _supervise,
-            "export-hf": _export_hf, "import-hf": _import_hf, "eval": _eval, "infer": _infer}
+            "export-hf": _export_hf, "import-hf": _import_hf, "eval": _eval, "infer": _infer,
+            "plan": _plan}
 
 
 def _main(argv: list[str]) -> None:

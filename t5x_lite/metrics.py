@@ -11,18 +11,8 @@ import jax.numpy as jnp
 import tqdm
 from tensorboardX import SummaryWriter
 
+from t5x_lite import chips
 from t5x_lite.models.config import DecoderConfig
-
-# Dense bf16 peak FLOP/s per chip, matched as substrings of jax's device_kind
-# (lower case, first match wins, so "v5 lite" precedes "v5").
-PEAK_FLOPS_BY_DEVICE_KIND = (
-    ("v6 lite", 918e12), ("v6e", 918e12),
-    ("v5 lite", 197e12), ("v5e", 197e12),
-    ("v5p", 459e12), ("v5", 459e12),
-    ("v4", 275e12),
-    ("h200", 989e12), ("h100", 989e12),
-    ("a100", 312e12),
-)
 
 
 def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
@@ -47,14 +37,13 @@ def measure_host_flops(size: int = 1024, repeats: int = 5) -> float:
 
 
 def total_peak_flops(peak_flops_per_device: float | None = None) -> float:
-    """Peak FLOP/s of all devices: gin override, else the table, else measured (CPU)."""
+    """Peak FLOP/s of all devices: gin override, else the chip table, else measured (CPU)."""
     devices = jax.devices()
     if peak_flops_per_device:
         return peak_flops_per_device * len(devices)
-    kind = devices[0].device_kind.lower()
-    for name, flops in PEAK_FLOPS_BY_DEVICE_KIND:
-        if name in kind and devices[0].platform != "cpu":
-            return flops * len(devices)
+    chip = chips.for_device_kind(devices[0].device_kind)
+    if chip is not None and devices[0].platform != "cpu":
+        return chip.peak_flops * len(devices)
     # Host devices share the cores, so one measurement covers each host.
     return measure_host_flops() * jax.process_count()
 

@@ -1,0 +1,124 @@
+"""Ahead-of-time compilation of the real train step from the gin config, without params.
+
+The state is abstract (`jax.ShapeDtypeStruct`s carrying their shardings), so a model
+of any size lowers and compiles on a host that could never hold it; the step is
+`steps.make_train_step` itself, so what is analysed is what trains.
+"""
+
+import dataclasses
+import inspect
+import math
+import time
+
+import gin
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+
+from t5x_lite import optim, partitioning, steps, trainer
+from t5x_lite.divergence import DivergenceConfig
+from t5x_lite.faults import FaultInjector
+from t5x_lite.models.config import DecoderConfig
+from t5x_lite.train_state import ModelSpec, state_shardings
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+    """Everything the train step is built from, for one mesh."""
+
+    cfg: DecoderConfig
+    spec: ModelSpec
+    mesh: Mesh
+    schedule: object
+    optimizer: object
+    abstract: dict
+    shardings: dict
+    batch_sharding: NamedSharding
+    activation_rules: tuple
+    global_batch_size: int
+    sequence_length: int
+    num_microbatches: int
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.sequence_length
+
+
+def train_bindings() -> dict:
+    """The arguments `trainer.train` would get from the parsed gin config."""
+    defaults = {name: parameter.default for name, parameter in
+                inspect.signature(trainer.train).parameters.items()}
+    return {**defaults, **gin.get_bindings("train")}
+
+
+def resolve_vocab(model_config: DecoderConfig, mixture_or_task_name: str) -> DecoderConfig:
+    """The model config with its vocabulary size; asks the task only when the config has none."""
+    if model_config.vocab_size is not None:
+        return model_config
+    from t5x_lite import input_pipeline
+    vocab = input_pipeline.output_vocabulary(mixture_or_task_name)
+    return model_config.with_vocab(vocab.vocab_size)
+
+
+def build_setup(bindings: dict, mesh: Mesh) -> TrainSetup:
+    """Model spec, optimizer, shardings and abstract state for `mesh`, as the trainer builds them."""
+    data = bindings["data"]
+    cfg = resolve_vocab(bindings["model_config"], data.mixture_or_task_name)
+    param_rules, activation_rules = partitioning.axis_rules()
+    schedule = optim.create_schedule()
+    optimizer = optim.create_optimizer(schedule)
+    spec = ModelSpec.create(cfg)
+    abstract, shardings = state_shardings(spec, optimizer, mesh, param_rules)
+    batch_sharding = partitioning.named_sharding(
+        ("batch", "length"), (data.global_batch_size, data.sequence_length), mesh,
+        activation_rules)
+    return TrainSetup(cfg, spec, mesh, schedule, optimizer, abstract, shardings,
+                      batch_sharding, activation_rules, data.global_batch_size,
+                      data.sequence_length, bindings["num_microbatches"])
+
+
+def abstract_arguments(setup: TrainSetup) -> tuple:
+    """(state, batch, position) as ShapeDtypeStructs with the train step's shardings."""
+    state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(
+        leaf.shape, leaf.dtype, sharding=sharding), setup.abstract, setup.shardings)
+    shape = (setup.global_batch_size, setup.sequence_length)
+    batch = {key: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=setup.batch_sharding)
+             for key in steps.BATCH_KEYS}
+    position = jax.ShapeDtypeStruct((), jnp.int32, sharding=partitioning.replicated(setup.mesh))
+    return state, batch, position
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+    compiled: jax.stages.Compiled
+    lower_seconds: float
+    compile_seconds: float
+
+
+def compile_train_step(setup: TrainSetup) -> CompiledStep:
+    """Lowers and compiles the trainer's train step for the abstract arguments."""
+    with partitioning.activation_sharding(setup.mesh, setup.activation_rules):
+        train_step = steps.make_train_step(
+            setup.spec, setup.optimizer, setup.schedule, setup.shardings, setup.batch_sharding,
+            setup.num_microbatches, FaultInjector(), DivergenceConfig())
+        start = time.perf_counter()
+        lowered = train_step.lower(*abstract_arguments(setup))
+        lowered_at = time.perf_counter()
+        compiled = lowered.compile()
+    return CompiledStep(compiled, lowered_at - start, time.perf_counter() - lowered_at)
+
+
+def per_device_bytes(abstract_tree, sharding_tree) -> int:
+    """Bytes one device holds of a sharded tree (its largest shard per leaf)."""
+    leaves = jax.tree.leaves(abstract_tree)
+    shardings = jax.tree.leaves(sharding_tree,
+                                is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    return sum(math.prod(sharding.shard_shape(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize
+               for leaf, sharding in zip(leaves, shardings, strict=True))
+
+
+def state_bytes(setup: TrainSetup) -> dict:
+    """Per-device bytes of params and optimizer state, from the shardings' shard shapes."""
+    return {"params": per_device_bytes(setup.abstract["params"], setup.shardings["params"]),
+            "optimizer": per_device_bytes(setup.abstract["opt_state"],
+                                          setup.shardings["opt_state"])}
