@@ -15,11 +15,14 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 
-from t5x_lite import optim, partitioning, steps, trainer
+from t5x_lite import gin_config, optim, partitioning, steps, trainer
 from t5x_lite.divergence import DivergenceConfig
 from t5x_lite.faults import FaultInjector
 from t5x_lite.models.config import DecoderConfig
 from t5x_lite.train_state import ModelSpec, state_shardings
+
+# Macros the trainer requires that do not change the compiled step.
+_PLACEHOLDER_MACROS = {"TRAIN_STEPS": 10000}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +41,23 @@ class TrainSetup:
     global_batch_size: int
     sequence_length: int
     num_microbatches: int
+    faults: FaultInjector
+    divergence: DivergenceConfig
 
     @property
     def tokens_per_step(self) -> int:
         return self.global_batch_size * self.sequence_length
+
+
+def bind_placeholder_macros() -> None:
+    """Binds macros the trainer requires but the compiled step ignores, where unset."""
+    for macro, value in _PLACEHOLDER_MACROS.items():
+        try:
+            bound = gin.query_parameter(f"%{macro}")
+        except ValueError:
+            bound = None
+        if bound is None or str(bound) == "%gin.REQUIRED":
+            gin.bind_parameter(f"{macro}/gin.macro.value", value)
 
 
 def train_bindings() -> dict:
@@ -74,7 +90,21 @@ def build_setup(bindings: dict, mesh: Mesh) -> TrainSetup:
         activation_rules)
     return TrainSetup(cfg, spec, mesh, schedule, optimizer, abstract, shardings,
                       batch_sharding, activation_rules, data.global_batch_size,
-                      data.sequence_length, bindings["num_microbatches"])
+                      data.sequence_length, bindings["num_microbatches"], FaultInjector(),
+                      DivergenceConfig())
+
+
+def setup_from_gin(gin_files: list[str], bindings: list[str], mesh: Mesh) -> TrainSetup:
+    """Parses gin files and bindings as the CLI does and builds the setup; clears gin after."""
+    from t5x_lite import main
+    gin.clear_config()
+    main.register_configurables()
+    gin_config.parse(gin_files, bindings)
+    try:
+        bind_placeholder_macros()
+        return build_setup(train_bindings(), mesh)
+    finally:
+        gin.clear_config()
 
 
 def abstract_arguments(setup: TrainSetup) -> tuple:
@@ -100,7 +130,7 @@ def compile_train_step(setup: TrainSetup) -> CompiledStep:
     with partitioning.activation_sharding(setup.mesh, setup.activation_rules):
         train_step = steps.make_train_step(
             setup.spec, setup.optimizer, setup.schedule, setup.shardings, setup.batch_sharding,
-            setup.num_microbatches, FaultInjector(), DivergenceConfig())
+            setup.num_microbatches, setup.faults, setup.divergence)
         start = time.perf_counter()
         lowered = train_step.lower(*abstract_arguments(setup))
         lowered_at = time.perf_counter()

@@ -13,15 +13,12 @@ import math
 import os
 import re
 
-import gin
 import jax
 
 from t5x_lite import aot, chips, gin_config, partitioning, plan_report, step_analysis
 from t5x_lite.errors import ConfigError
 
 _SHAPE_ARGUMENT = re.compile(r"^\s*\d+\s*,\s*\d+\s*,\s*\d+\s*$")
-# Macros the trainer requires that do not change the compiled step.
-_PLACEHOLDER_MACROS = {"TRAIN_STEPS": 10000}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,23 +101,17 @@ def resolve_chip(chip_arg: str | None, mesh: MeshChoice) -> chips.Chip:
 
 
 def simulate_devices(num_devices: int) -> None:
-    """Gives jax `num_devices` CPU devices; must run before jax's backend starts."""
+    """Gives jax `num_devices` CPU devices, unless its backend already started with them."""
     jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", num_devices)
-    if len(jax.devices()) != num_devices:
-        raise ConfigError(f"could not simulate {num_devices} devices (jax already started "
-                          f"with {len(jax.devices())}); run the plan in a fresh process.")
-
-
-def bind_placeholder_macros() -> None:
-    """Binds macros the trainer requires but the compiled step ignores, where unset."""
-    for macro, value in _PLACEHOLDER_MACROS.items():
-        try:
-            bound = gin.query_parameter(f"%{macro}")
-        except ValueError:
-            bound = None
-        if bound is None or str(bound) == "%gin.REQUIRED":
-            gin.bind_parameter(f"{macro}/gin.macro.value", value)
+    try:
+        jax.config.update("jax_num_cpu_devices", num_devices)
+    except RuntimeError:
+        pass  # jax already started: fine if it has these devices
+    devices = jax.devices()
+    if len(devices) != num_devices or devices[0].platform != "cpu":
+        raise ConfigError(f"could not simulate {num_devices} CPU devices (jax already started "
+                          f"with {len(devices)} {devices[0].platform}); run the plan in a "
+                          f"fresh process.")
 
 
 def _refuse_if_state_cannot_fit(setup: aot.TrainSetup, chip: chips.Chip, config_name: str,
@@ -138,7 +129,7 @@ def plan(config_name: str, mesh_arg: str | None, chip_arg: str | None, mfu: floa
     """The plan report for the parsed gin config; ConfigError when it cannot fit."""
     if not 0 < mfu <= 1:
         raise ConfigError(f"--mfu={mfu}: give the assumed MFU as a fraction in (0, 1].")
-    bind_placeholder_macros()
+    aot.bind_placeholder_macros()
     bindings = aot.train_bindings()
     mesh_choice = resolve_mesh(mesh_arg, bindings)
     chip = resolve_chip(chip_arg, mesh_choice)
