@@ -142,9 +142,9 @@ def suite_main(script: str, title: str, add_arguments: Callable[[argparse.Argume
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    stamp = {"title": title, "command": display([sys.executable, shown_path(script),
-                                                 *sys.argv[1:]]),
-             "date": utc_now(), "machine": machine()}
+    xla_flags = {"XLA_FLAGS": os.environ["XLA_FLAGS"]} if os.environ.get("XLA_FLAGS") else None
+    command = display([sys.executable, shown_path(script), *sys.argv[1:]], xla_flags)
+    stamp = {"title": title, "command": command, "date": utc_now(), "machine": machine()}
     try:
         result = {**stamp, **measure(args)}
     except BenchError as error:
