@@ -1,14 +1,39 @@
-"""The Shakespeare config's train state, built in this process as `t5x_lite train` does."""
+"""The Shakespeare config's model, mesh and train state, built in this process as
+`t5x_lite train` builds them (data-parallel over every device)."""
 
+import dataclasses
 import pathlib
 
 GIN_FILE = "experiments/shakespeare_char.gin"
 
 
-def train_state(text: pathlib.Path) -> tuple[dict, dict]:
-    """(initial train state on a (devices, 1, 1) mesh, checkpoint meta) of the config."""
-    import dataclasses
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    data: object          # input_pipeline.DataConfig
+    spec: object          # train_state.ModelSpec
+    schedule: object
+    optimizer: object
+    mesh: object
+    activation_rules: object
+    shardings: dict
+    state: dict
 
+    def batch_sharding(self):
+        from t5x_lite import partitioning
+
+        shape = (self.data.global_batch_size, self.data.sequence_length)
+        return partitioning.named_sharding(("batch", "length"), shape, self.mesh,
+                                           self.activation_rules)
+
+    def meta(self) -> dict:
+        """What the trainer saves beside the state (`meta` item)."""
+        import gin
+
+        return {"data_position": 0, "scan_layers": self.spec.cfg.scan_layers,
+                "model_config": dataclasses.asdict(self.spec.cfg), "gin_config": gin.config_str()}
+
+
+def build(text: pathlib.Path) -> Setup:
     import gin
 
     from t5x_lite import gin_config, input_pipeline, main, optim, partitioning
@@ -20,15 +45,14 @@ def train_state(text: pathlib.Path) -> tuple[dict, dict]:
     gin_config.parse([GIN_FILE], [f"TEXT_FILES=['{text}']", "MODEL_DIR='unused'"])
     data = input_pipeline.DataConfig()
     vocab = input_pipeline.output_vocabulary(data.mixture_or_task_name)
-    cfg = DecoderConfig().with_vocab(vocab.vocab_size)
+    spec = ModelSpec.create(DecoderConfig().with_vocab(vocab.vocab_size))
     mesh = partitioning.create_mesh((-1, 1, 1))
-    param_rules, _ = partitioning.axis_rules()
-    optimizer = optim.create_optimizer(optim.create_schedule())
-    spec = ModelSpec.create(cfg)
+    param_rules, activation_rules = partitioning.axis_rules()
+    schedule = optim.create_schedule()
+    optimizer = optim.create_optimizer(schedule)
     _, shardings = state_shardings(spec, optimizer, mesh, param_rules)
-    meta = {"data_position": 0, "model_config": dataclasses.asdict(cfg),
-            "gin_config": gin.config_str()}
-    return init_state(spec, optimizer, shardings, seed=0), meta
+    state = init_state(spec, optimizer, shardings, seed=0)
+    return Setup(data, spec, schedule, optimizer, mesh, activation_rules, shardings, state)
 
 
 def size_mb(tree) -> float:

@@ -21,8 +21,8 @@ import time
 
 import harness
 import markdown
+import shakespeare_setup
 from harness import BenchError
-from shakespeare_state import GIN_FILE
 
 TITLE = "Asynchronous checkpoint cost (CPU)"
 DEVICES = 2
@@ -53,7 +53,7 @@ def check_args(args) -> None:
 
 
 def train_argv(args, model_dir: pathlib.Path, save_every: int) -> list[str]:
-    return [harness.t5x_lite_cli(), "train", f"--gin_file={GIN_FILE}",
+    return [harness.t5x_lite_cli(), "train", f"--gin_file={shakespeare_setup.GIN_FILE}",
             f"--gin.TEXT_FILES=['{args.text}']", f"--gin.MODEL_DIR='{model_dir}'",
             f"--gin.TRAIN_STEPS={args.steps}", "--gin.train.eval_every=None",
             f"--gin.CheckpointConfig.save_every={save_every}"]
@@ -109,11 +109,10 @@ def overhead(runs: dict[str, list[dict]]) -> dict:
 
 def save_timings(args) -> dict:
     """Blocking and total milliseconds of saves of the Shakespeare train state."""
-    import shakespeare_state
-
     from t5x_lite.checkpointing import CheckpointConfig, Checkpointer
 
-    state, meta = shakespeare_state.train_state(args.text)
+    setup = shakespeare_setup.build(args.text)
+    state, meta = setup.state, setup.meta()
     blocking, total = [], []
     with tempfile.TemporaryDirectory() as model_dir:
         checkpointer = Checkpointer(model_dir, CheckpointConfig(save_every=1))
@@ -126,7 +125,7 @@ def save_timings(args) -> dict:
             total.append(1000 * (time.perf_counter() - start))
         checkpointer.close()
     later = slice(1, None) if len(blocking) > 1 else slice(None)
-    return {"state_mb": shakespeare_state.size_mb(state), "first_blocking_ms": blocking[0],
+    return {"state_mb": shakespeare_setup.size_mb(state), "first_blocking_ms": blocking[0],
             "first_total_ms": total[0], "saves_after_first": len(blocking[later]),
             "blocking_ms_median": statistics.median(blocking[later]),
             "total_ms_median": statistics.median(total[later])}
@@ -187,7 +186,7 @@ def section(result: dict) -> str:
     runs, versions = result["runs"], result["versions"]
     rows = [_kind_row(f"save every {result['save_every']} steps", runs["periodic"]),
             _kind_row("save at the last step only", runs["final_only"])]
-    setup = (f"`t5x_lite train` on `{GIN_FILE}` without evals, {result['steps']} steps on "
+    setup = (f"`t5x_lite train` on `{shakespeare_setup.GIN_FILE}` without evals, {result['steps']} steps on "
              f"{result['devices']} host devices:")
     lines = [
         markdown.provenance(result, f"jax {versions['jax']}, orbax-checkpoint "

@@ -6,29 +6,25 @@
 Times t5x_lite.input_pipeline.train_batches (one process, after a warm-up) on the
 Shakespeare Task with gin/experiments/shakespeare_char.gin (batch 12 x 64) and on the
 default embedded data at runs/pretrain.gin's batch and length; the jitted Shakespeare
-train step alone on synthetic batches of the same shape (bench/step_time.py as a
-child, same host devices); and the trainer's conversion of a batch into global arrays.
+train step alone on one of those batches (bench/step_time.py's windows, on this
+process's host devices); and the trainer's conversion of a batch into global arrays.
 """
 
-import json
-import os
 import pathlib
 import statistics
-import sys
-import tempfile
 import time
 
 import harness
 import markdown
+import shakespeare_setup
 from harness import BenchError
 
 TITLE = "Input pipeline delivery (CPU)"
 DEVICES = 2
 
 SPEED_GOAL = 10.0  # pipeline batches/s over the train step's steps/s
-STEP_TIME = harness.BENCH_DIR / "step_time.py"
 CONFIGS = {
-    "shakespeare": (["experiments/shakespeare_char.gin"], ["TEXT_FILES=['{text}']"]),
+    "shakespeare": ([shakespeare_setup.GIN_FILE], ["TEXT_FILES=['{text}']"]),
     "embedded": (["models/decoder/tiny.gin", "runs/pretrain.gin"], []),
 }
 
@@ -76,17 +72,13 @@ def pipeline_rate(cfg, batches: int, warmup: int) -> tuple[dict, dict]:
             "tokens_per_second": batches * tokens / seconds}, batch
 
 
-def global_batch_cost(batch: dict, repeats: int = 300) -> dict:
+def global_batch_cost(setup, batch: dict, repeats: int = 300) -> dict:
     """Milliseconds to turn one host batch into global arrays, as the trainer does."""
     import jax
 
-    from t5x_lite import partitioning, trainer
+    from t5x_lite import trainer
 
-    mesh = partitioning.create_mesh((-1, 1, 1))
-    _, activation_rules = partitioning.axis_rules()
-    rows, length = batch["decoder_target_tokens"].shape
-    sharding = partitioning.named_sharding(("batch", "length"), (rows, length), mesh,
-                                           activation_rules)
+    sharding = setup.batch_sharding()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -96,18 +88,24 @@ def global_batch_cost(batch: dict, repeats: int = 300) -> dict:
             "fastest_ms": 1000 * min(times)}
 
 
-def step_consumption(out_dir: pathlib.Path) -> dict:
-    """bench/step_time.py's Shakespeare step on this process's host devices."""
-    with tempfile.TemporaryDirectory() as scratch:
-        figures_path = pathlib.Path(scratch) / "step_time.json"
-        argv = [sys.executable, str(STEP_TIME), "--out", str(figures_path)]
-        print(f"timing the train step: {harness.display(argv)}", flush=True)
-        harness.run_child("step_time.py", argv, dict(os.environ), out_dir / "data_step_time.log")
-        figures = json.loads(figures_path.read_text())
-    return {"command": harness.display(argv), "devices": figures["devices"],
-            "batch_size": figures["batch"], "length": figures["length"],
-            "median_ms": figures["median_ms"], "fastest_ms": figures["fastest_ms"],
-            "steps_per_second": 1000 / figures["median_ms"]}
+def step_consumption(setup, batch: dict, windows: int = 8, steps_per_window: int = 20) -> dict:
+    """The Shakespeare train step alone, on one pipeline batch placed on the devices once."""
+    import jax
+    import step_time
+
+    from t5x_lite import partitioning, steps
+
+    sharding = setup.batch_sharding()
+    with partitioning.activation_sharding(setup.mesh, setup.activation_rules):
+        train_step = steps.make_train_step(setup.spec, setup.optimizer, setup.schedule,
+                                           setup.shardings, sharding)
+        placed = {key: jax.device_put(value, sharding) for key, value in batch.items()}
+        seconds, _ = step_time.time_steps(train_step, setup.state, placed, windows,
+                                          steps_per_window)
+    median_ms = 1000 * seconds[len(seconds) // 2]
+    return {"devices": len(jax.devices()), "batch_size": setup.data.global_batch_size,
+            "length": setup.data.sequence_length, "median_ms": median_ms,
+            "fastest_ms": 1000 * seconds[0], "steps_per_second": 1000 / median_ms}
 
 
 def measure(args) -> dict:
@@ -122,8 +120,10 @@ def measure(args) -> dict:
         print(f"timing the {name} pipeline", flush=True)
         pipelines[name], last_batches[name] = pipeline_rate(data_config(name, args.text),
                                                             args.batches, args.warmup)
-    consumption = step_consumption(args.out.parent)
-    global_batch = global_batch_cost(last_batches["shakespeare"])
+    print("timing the train step and the global arrays", flush=True)
+    setup = shakespeare_setup.build(args.text)
+    consumption = step_consumption(setup, last_batches["shakespeare"])
+    global_batch = global_batch_cost(setup, last_batches["shakespeare"])
     ratio = pipelines["shakespeare"]["batches_per_second"] / consumption["steps_per_second"]
     return {"text": str(args.text), "versions": harness.versions("tensorflow", "seqio"),
             "pipelines": pipelines, "train_step": consumption, "global_batch": global_batch,
@@ -165,8 +165,9 @@ NOTES = """\
 - batches/s: `train_batches` of one process, timed over `--batches` batches after
   `--warmup`; nothing else runs meanwhile, so this is the rate the pipeline can deliver on
   its own. first batch s: building the pipeline (seqio Task, packing) and its first batch.
-- train step: `bench/step_time.py` (the jitted step alone on fixed synthetic batches of the
-  same shape, no data or logging), median of its 20-step windows; steps/s = 1000 / median ms.
+- train step: the jitted step of `experiments/shakespeare_char.gin`'s model alone, on one
+  pipeline batch placed on the devices once (no data, no logging), median of eight 20-step
+  windows (`bench/step_time.py`'s timing); steps/s = 1000 / median ms.
 - global arrays: `trainer._global_batch` on a pipeline batch
   (`jax.make_array_from_process_local_data` per feature, until the arrays are ready).
 - The embedded row (Python's own library source and docs at `runs/pretrain.gin`'s batch
