@@ -79,11 +79,19 @@ def _from_shape(mesh_shape, dcn_mesh_shape, label: str) -> MeshChoice:
     return MeshChoice(label, shapes[0], shapes[1] or None, num_devices)
 
 
-def resolve_mesh(mesh_arg: str | None, bindings: dict) -> MeshChoice:
+def _gin_mesh_label(gin_files: list[str], mesh_shape) -> str:
+    """The mesh config among the gin files (`meshes/v5p-128.gin` -> v5p-128), else the shape."""
+    for path in reversed(gin_files):
+        if os.path.basename(os.path.dirname(path)) == "meshes":
+            return os.path.basename(path).removesuffix(".gin")
+    return f"MESH_SHAPE={tuple(mesh_shape)}"
+
+
+def resolve_mesh(mesh_arg: str | None, bindings: dict, gin_files: list[str] = ()) -> MeshChoice:
     """--mesh as a mesh config name or path, a shape `1,8,1`, or else the gin config's mesh."""
     if mesh_arg is None:
         return _from_shape(bindings["mesh_shape"], bindings["dcn_mesh_shape"],
-                           f"MESH_SHAPE={tuple(bindings['mesh_shape'])}")
+                           _gin_mesh_label(gin_files, bindings["mesh_shape"]))
     if _SHAPE_ARGUMENT.match(mesh_arg):
         shape = tuple(int(d) for d in mesh_arg.split(","))
         return _from_shape(shape, None, "x".join(map(str, shape)))
@@ -125,13 +133,15 @@ def _refuse_if_state_cannot_fit(setup: aot.TrainSetup, chip: chips.Chip, config_
             config_name, mesh.name, chip, floor, True, setup.cfg.remat_policy))
 
 
-def plan(config_name: str, mesh_arg: str | None, chip_arg: str | None, mfu: float) -> dict:
+def plan(gin_files: list[str], mesh_arg: str | None, chip_arg: str | None,
+         mfu: float) -> dict:
     """The plan report for the parsed gin config; ConfigError when it cannot fit."""
     if not 0 < mfu <= 1:
         raise ConfigError(f"--mfu={mfu}: give the assumed MFU as a fraction in (0, 1].")
+    config_name = " + ".join(gin_files) or "the gin bindings"
     aot.bind_placeholder_macros()
     bindings = aot.train_bindings()
-    mesh_choice = resolve_mesh(mesh_arg, bindings)
+    mesh_choice = resolve_mesh(mesh_arg, bindings, gin_files)
     chip = resolve_chip(chip_arg, mesh_choice)
     simulate_devices(mesh_choice.num_devices)
     setup = aot.build_setup(bindings, partitioning.create_mesh(mesh_choice.full_shape))
@@ -148,10 +158,9 @@ def plan(config_name: str, mesh_arg: str | None, chip_arg: str | None, mfu: floa
 def plan_command(gin_files: list[str], mesh_arg: str | None, chip_arg: str | None,
                  mfu: float, output: str | None) -> None:
     """Prints the plan; with `output`, also writes it as JSON (only when it succeeds)."""
-    config_name = " + ".join(gin_files) or "the gin bindings"
     if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
         raise ConfigError(f"--output={output}: its folder does not exist.")
-    report = plan(config_name, mesh_arg, chip_arg, mfu)
+    report = plan(gin_files, mesh_arg, chip_arg, mfu)
     print(plan_report.format_text(report))
     if output:
         temporary = f"{output}.tmp"

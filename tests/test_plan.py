@@ -96,6 +96,9 @@ def test_mesh_configs_give_shapes_devices_and_chips():
         plan.resolve_chip(None, plan.resolve_mesh("cpu-8", {}))
     with pytest.raises(ConfigError, match="no such mesh config"):
         plan.resolve_mesh("v9-1", {})
+    from_gin = plan.resolve_mesh(None, {"mesh_shape": (1, 8, 1), "dcn_mesh_shape": (4, 1, 1)},
+                                 ["runs/pretrain.gin", "meshes/h100x32.gin"])
+    assert (from_gin.name, from_gin.num_devices) == ("h100x32", 32)
 
 
 def test_plan_refuses_a_step_whose_temporaries_exceed_the_chip(monkeypatch):
@@ -108,7 +111,7 @@ def test_plan_refuses_a_step_whose_temporaries_exceed_the_chip(monkeypatch):
     gin_config.parse(TINY, SHORT_BATCH)
     try:
         with pytest.raises(ConfigError, match="the train step needs .* GiB per device"):
-            plan.plan("tiny", "1,8,1", "h100", 0.4)
+            plan.plan(TINY, "1,8,1", "h100", 0.4)
     finally:
         gin.clear_config()
 
