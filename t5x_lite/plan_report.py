@@ -18,7 +18,8 @@ COMMUNICATION_NOTE = ("Communication is every collective in the compiled step, l
                       "assumes nothing overlaps and every byte crosses the chip's "
                       "interconnect. The CPU compiler keeps gradient reductions as "
                       "all-reduce + slice where TPU and GPU compilers emit reduce-scatter "
-                      "(about half the wire bytes).")
+                      "(about half the wire bytes), and axes over DCN are timed at the "
+                      "interconnect's speed too.")
 FLOPS_NOTE = ("Config FLOPs are metrics.train_flops_per_token (6 x matmul params + 12 L T N H "
               "attention): the model FLOPs MFU counts. Compiled FLOPs are the step's matmuls "
               "with while loops times their trip counts; they also hold rematerialized "
