@@ -13,40 +13,13 @@ import time
 import gin
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
-from t5x_lite import gin_config, optim, partitioning, steps, trainer
-from t5x_lite.divergence import DivergenceConfig
-from t5x_lite.faults import FaultInjector
-from t5x_lite.models.config import DecoderConfig
-from t5x_lite.train_state import ModelSpec, state_shardings
+from t5x_lite import gin_config, partitioning, steps, train_setup
+from t5x_lite.train_setup import TrainSetup
 
 # Macros the trainer requires that do not change the compiled step.
 _PLACEHOLDER_MACROS = {"TRAIN_STEPS": 10000}
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSetup:
-    """Everything the train step is built from, for one mesh."""
-
-    cfg: DecoderConfig
-    spec: ModelSpec
-    mesh: Mesh
-    schedule: object
-    optimizer: object
-    abstract: dict
-    shardings: dict
-    batch_sharding: NamedSharding
-    activation_rules: tuple
-    global_batch_size: int
-    sequence_length: int
-    num_microbatches: int
-    faults: FaultInjector
-    divergence: DivergenceConfig
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.global_batch_size * self.sequence_length
 
 
 def bind_placeholder_macros() -> None:
@@ -62,36 +35,16 @@ def bind_placeholder_macros() -> None:
 
 def train_bindings() -> dict:
     """The arguments `trainer.train` would get from the parsed gin config."""
+    from t5x_lite import trainer
     defaults = {name: parameter.default for name, parameter in
                 inspect.signature(trainer.train).parameters.items()}
     return {**defaults, **gin.get_bindings("train")}
 
 
-def resolve_vocab(model_config: DecoderConfig, mixture_or_task_name: str) -> DecoderConfig:
-    """The model config with its vocabulary size; asks the task only when the config has none."""
-    if model_config.vocab_size is not None:
-        return model_config
-    from t5x_lite import input_pipeline
-    vocab = input_pipeline.output_vocabulary(mixture_or_task_name)
-    return model_config.with_vocab(vocab.vocab_size)
-
-
 def build_setup(bindings: dict, mesh: Mesh) -> TrainSetup:
-    """Model spec, optimizer, shardings and abstract state for `mesh`, as the trainer builds them."""
-    data = bindings["data"]
-    cfg = resolve_vocab(bindings["model_config"], data.mixture_or_task_name)
-    param_rules, activation_rules = partitioning.axis_rules()
-    schedule = optim.create_schedule()
-    optimizer = optim.create_optimizer(schedule)
-    spec = ModelSpec.create(cfg)
-    abstract, shardings = state_shardings(spec, optimizer, mesh, param_rules)
-    batch_sharding = partitioning.named_sharding(
-        ("batch", "length"), (data.global_batch_size, data.sequence_length), mesh,
-        activation_rules)
-    return TrainSetup(cfg, spec, mesh, schedule, optimizer, abstract, shardings,
-                      batch_sharding, activation_rules, data.global_batch_size,
-                      data.sequence_length, bindings["num_microbatches"], FaultInjector(),
-                      DivergenceConfig())
+    """The trainer's setup for the `train` bindings (see `train_bindings`) on `mesh`."""
+    return train_setup.build_setup(bindings["model_config"], bindings["data"],
+                                   bindings["num_microbatches"], mesh)
 
 
 def setup_from_gin(gin_files: list[str], bindings: list[str], mesh: Mesh) -> TrainSetup:
@@ -128,9 +81,7 @@ class CompiledStep:
 def compile_train_step(setup: TrainSetup) -> CompiledStep:
     """Lowers and compiles the trainer's train step for the abstract arguments."""
     with partitioning.activation_sharding(setup.mesh, setup.activation_rules):
-        train_step = steps.make_train_step(
-            setup.spec, setup.optimizer, setup.schedule, setup.shardings, setup.batch_sharding,
-            setup.num_microbatches, setup.faults, setup.divergence)
+        train_step = setup.train_step()
         start = time.perf_counter()
         lowered = train_step.lower(*abstract_arguments(setup))
         lowered_at = time.perf_counter()

@@ -17,6 +17,7 @@ import jax
 
 from t5x_lite import aot, chips, gin_config, partitioning, plan_report, step_analysis
 from t5x_lite.errors import ConfigError
+from t5x_lite.train_setup import TrainSetup
 
 _SHAPE_ARGUMENT = re.compile(r"^\s*\d+\s*,\s*\d+\s*,\s*\d+\s*$")
 
@@ -122,7 +123,7 @@ def simulate_devices(num_devices: int) -> None:
                           f"fresh process.")
 
 
-def _refuse_if_state_cannot_fit(setup: aot.TrainSetup, chip: chips.Chip, config_name: str,
+def _refuse_if_state_cannot_fit(setup: TrainSetup, chip: chips.Chip, config_name: str,
                                 mesh: MeshChoice) -> None:
     """Refuses before compiling when params, optimizer state and one float32 gradient
     per parameter (the least any train step holds) exceed the chip's memory."""

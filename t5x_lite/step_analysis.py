@@ -14,6 +14,7 @@ counts applied (`hlo_stats`); XLA's own figure is kept beside them, labelled as 
 import dataclasses
 
 from t5x_lite import aot, hlo_stats, metrics
+from t5x_lite.train_setup import TrainSetup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +63,13 @@ def _cost_flops(compiled) -> float:
     return float(costs.get("flops", 0.0))
 
 
-def config_flops_per_device(setup: aot.TrainSetup) -> float:
+def config_flops_per_device(setup: TrainSetup) -> float:
     """The config's training FLOPs of one step (metrics.train_flops_per_token), per device."""
     per_token = metrics.train_flops_per_token(setup.cfg, setup.sequence_length)
     return per_token * setup.tokens_per_step / setup.mesh.size
 
 
-def analyze(setup: aot.TrainSetup, step: aot.CompiledStep) -> StepAnalysis:
+def analyze(setup: TrainSetup, step: aot.CompiledStep) -> StepAnalysis:
     memory = step.compiled.memory_analysis()
     stats = hlo_stats.analyze(step.compiled.as_text(), setup.mesh.size)
     state = aot.state_bytes(setup)

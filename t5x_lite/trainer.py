@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_lite import metrics as metrics_lib
-from t5x_lite import optim, partitioning, steps
+from t5x_lite import partitioning, steps
 from t5x_lite.checkpointing import CheckpointConfig, Checkpointer, restore_params
 from t5x_lite.divergence import DivergenceConfig
 from t5x_lite.faults import FaultInjector
@@ -17,7 +17,8 @@ from t5x_lite.goodput import Goodput
 from t5x_lite.models.config import DecoderConfig
 from t5x_lite.preemption import Preempted, PreemptionWatch
 from t5x_lite.recovery import Diverged, DivergenceLadder, RecoveryLog, Rollback
-from t5x_lite.train_state import ModelSpec, init_state, state_shardings
+from t5x_lite.train_setup import build_setup
+from t5x_lite.train_state import ModelSpec, init_state
 from t5x_lite.watchdog import Watchdog, WatchdogConfig
 
 
@@ -92,48 +93,38 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     goodput = Goodput()
     model_dir = os.path.abspath(model_dir)
     vocab = input_pipeline.output_vocabulary(data.mixture_or_task_name)
-    cfg = model_config.with_vocab(vocab.vocab_size)
     mesh = partitioning.create_mesh(mesh_shape, dcn_mesh_shape=dcn_mesh_shape)
-    param_rules, activation_rules = partitioning.axis_rules()
-    schedule = optim.create_schedule()
-    optimizer = optim.create_optimizer(schedule)
-    spec = ModelSpec.create(cfg)
-    abstract, shardings = state_shardings(spec, optimizer, mesh, param_rules)
-    seq_len = data.sequence_length
-    batch_sharding = partitioning.named_sharding(
-        ("batch", "length"), (data.global_batch_size, seq_len), mesh, activation_rules)
-    divergence_cfg = DivergenceConfig()
-    run = Run(model_dir, spec, mesh, shardings, batch_sharding, abstract,
-              Checkpointer(model_dir, checkpoint, divergence_cfg.rollback_margin),
+    setup = build_setup(model_config.with_vocab(vocab.vocab_size), data, num_microbatches, mesh)
+    run = Run(model_dir, setup.spec, mesh, setup.shardings, setup.batch_sharding,
+              setup.abstract,
+              Checkpointer(model_dir, checkpoint, setup.divergence.rollback_margin),
               RecoveryLog(model_dir), goodput)
     _write_config(model_dir)
 
-    with partitioning.activation_sharding(mesh, activation_rules):
-        state, position, origin = _restore_or_init(run, optimizer, abstract, seed,
+    with partitioning.activation_sharding(mesh, setup.activation_rules):
+        state, position, origin = _restore_or_init(run, setup.optimizer, setup.abstract, seed,
                                                    initial_checkpoint_path)
-        faults = FaultInjector()
-        train_step = steps.make_train_step(spec, optimizer, schedule, shardings,
-                                           batch_sharding, num_microbatches, faults,
-                                           divergence_cfg)
-        eval_step = steps.make_eval_step(spec, shardings["params"], batch_sharding)
+        train_step = setup.train_step()
+        eval_step = steps.make_eval_step(setup.spec, setup.shardings["params"],
+                                         setup.batch_sharding)
         start_step = int(jax.device_get(state["step"]))
         furthest_step = metrics_lib.last_logged_step(model_dir)
         run.writer = metrics_lib.MetricsWriter(model_dir, train_steps, start_step)
-        run.writer.message(f"{origin}; {_param_count(abstract['params']):,} params; "
+        run.writer.message(f"{origin}; {_param_count(setup.abstract['params']):,} params; "
                            f"mesh {dict(mesh.shape)}; data position {position}")
         context = _LoopContext(
             train_step=train_step, eval_step=eval_step, train_steps=train_steps,
             log_every=log_every, eval_every=eval_every,
-            tokens_per_step=data.global_batch_size * seq_len,
-            flops_per_token=metrics_lib.train_flops_per_token(cfg, seq_len),
-            peak_flops=metrics_lib.total_peak_flops(peak_flops_per_device), faults=faults,
-            divergence=divergence_cfg, redo_until=furthest_step,
+            tokens_per_step=setup.tokens_per_step,
+            flops_per_token=metrics_lib.train_flops_per_token(setup.cfg, setup.sequence_length),
+            peak_flops=metrics_lib.total_peak_flops(peak_flops_per_device),
+            faults=setup.faults, divergence=setup.divergence, redo_until=furthest_step,
             task_eval=task_eval, task_eval_every=task_eval_every,
             evaluator=evaluation.evaluator(task_eval, data.task_feature_lengths) if task_eval
             else None,
             batches_from=lambda start: input_pipeline.train_batches(
                 data, start, jax.process_index(), jax.process_count()))
-        eval_batches = [_global_batch(b, batch_sharding) for b in input_pipeline.eval_batches(
+        eval_batches = [_global_batch(b, setup.batch_sharding) for b in input_pipeline.eval_batches(
             data, eval_steps, jax.process_index(), jax.process_count())] if eval_every else []
         try:
             with PreemptionWatch() as preemption, Watchdog(WatchdogConfig()) as watchdog:
