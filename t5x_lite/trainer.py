@@ -16,6 +16,7 @@ from t5x_lite.faults import FaultInjector
 from t5x_lite.goodput import Goodput
 from t5x_lite.models.config import DecoderConfig
 from t5x_lite.preemption import Preempted, PreemptionWatch
+from t5x_lite.profiler import ProfileConfig, StepProfiler
 from t5x_lite.recovery import Diverged, DivergenceLadder, RecoveryLog, Rollback
 from t5x_lite.train_setup import build_setup
 from t5x_lite.train_state import ModelSpec, init_state
@@ -124,12 +125,17 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
             else None,
             batches_from=lambda start: input_pipeline.train_batches(
                 data, start, jax.process_index(), jax.process_count()))
-        eval_batches = [_global_batch(b, setup.batch_sharding) for b in input_pipeline.eval_batches(
-            data, eval_steps, jax.process_index(), jax.process_count())] if eval_every else []
+        eval_batches = [_global_batch(batch, setup.batch_sharding)
+                        for batch in input_pipeline.eval_batches(
+                            data, eval_steps, jax.process_index(), jax.process_count())
+                        ] if eval_every else []
+        profiler = StepProfiler(ProfileConfig(), model_dir)
         try:
             with PreemptionWatch() as preemption, Watchdog(WatchdogConfig()) as watchdog:
-                return _loop(run, context, state, position, eval_batches, preemption, watchdog)
+                return _loop(run, context, state, position, eval_batches, preemption, watchdog,
+                             profiler)
         finally:
+            profiler.close()
             run.checkpointer.wait()
             run.checkpointer.close()
             run.writer.close()
@@ -157,7 +163,7 @@ class _LoopContext:
 
 
 def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
-          preemption: PreemptionWatch, watchdog: Watchdog) -> dict:
+          preemption: PreemptionWatch, watchdog: Watchdog, profiler: StepProfiler) -> dict:
     """Dispatches step N+1 before reading step N's metrics, so the host never stalls.
 
     An anomalous step N is known once step N+1 is in flight; if the ladder calls for a
@@ -171,8 +177,10 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
     run.goodput.start_steps(step)
     while step < ctx.train_steps:
         batch = _global_batch(next(batches), run.batch_sharding)
+        profiler.before_step(step + 1)
         state, step_metrics = ctx.train_step(state, batch, np.int32(position))
         step, position = step + 1, position + 1
+        profiler.after_step(step, step_metrics)
         ctx.faults.maybe_hang(step, run.model_dir)
         run.goodput.step(step, ctx.redo_until)
         if pending is not None:
