@@ -4,11 +4,13 @@
         [--steps 300] [--save_every 50] [--repeats 3] [--text PATH] [--devices 2] \
         [--saves 8] [--out bench/results/checkpoint.json]
 
-Runs `t5x_lite train` on the Shakespeare config (no evals) saving every --save_every
-steps and saving only at the last step, --repeats times each, interleaved, and
-compares the mean step time from each run's goodput.jsonl with the checkpoint blocks
-counted in. Then, in this process, saves the same model's train state --saves times
-and times the part of Checkpointer.save before it returns and the whole save.
+Runs `t5x_lite train` on the Shakespeare config (no evals, a log every 5 steps) saving
+every --save_every steps and saving only at the last step, --repeats times each,
+interleaved. What a save adds: its block (from goodput.jsonl, beyond the final-only
+runs') plus the time it adds to the logged steps around it (save_windows.py), over
+--save_every clean steps; beside it, the two kinds' mean step times compared directly.
+Then, in this process, saves the same model's train state --saves times and times the
+part of Checkpointer.save before it returns and the whole save.
 """
 
 import json
@@ -21,6 +23,7 @@ import time
 
 import harness
 import markdown
+import save_windows
 import shakespeare_setup
 from harness import BenchError
 
@@ -56,11 +59,12 @@ def train_argv(args, model_dir: pathlib.Path, save_every: int) -> list[str]:
     return [harness.t5x_lite_cli(), "train", f"--gin_file={shakespeare_setup.GIN_FILE}",
             f"--gin.TEXT_FILES=['{args.text}']", f"--gin.MODEL_DIR='{model_dir}'",
             f"--gin.TRAIN_STEPS={args.steps}", "--gin.train.eval_every=None",
+            f"--gin.train.log_every={save_windows.LOG_EVERY}",
             f"--gin.CheckpointConfig.save_every={save_every}"]
 
 
 def run_training(args, save_every: int, log_path: pathlib.Path) -> dict:
-    """One `t5x_lite train` child: its goodput figures and wall time."""
+    """One `t5x_lite train` child: its goodput and logged-interval figures, wall and CPU time."""
     model_dir = pathlib.Path(tempfile.mkdtemp(prefix="t5x_lite_bench_"))
     try:
         argv, env = train_argv(args, model_dir, save_every), harness.host_devices_env(args.devices)
@@ -68,7 +72,9 @@ def run_training(args, save_every: int, log_path: pathlib.Path) -> dict:
         lines = (model_dir / "goodput.jsonl").read_text().splitlines()
         command = harness.display(argv, env).replace(str(model_dir), "<fresh tmp dir>")
         return {"command": command, "save_every": save_every, "wall_s": child["wall_s"],
-                **step_figures(json.loads(lines[-1]), args.steps, save_every)}
+                **step_figures(json.loads(lines[-1]), args.steps, save_every),
+                **save_windows.around_saves(save_windows.logged_intervals(model_dir),
+                                            args.steps, save_every)}
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)
 
@@ -80,8 +86,7 @@ def step_figures(goodput: dict, train_steps: int, save_every: int) -> dict:
     train_s = seconds["productive"] + seconds["checkpointing"]
     return {"steps_timed": steps, "saves": saves, "productive_s": seconds["productive"],
             "checkpointing_s": seconds["checkpointing"], "train_s": train_s,
-            "step_ms": 1000 * train_s / steps,
-            "blocking_ms_per_save": 1000 * seconds["checkpointing"] / saves}
+            "step_ms": 1000 * train_s / steps}
 
 
 def interleaved_runs(args) -> dict[str, list[dict]]:
@@ -98,13 +103,31 @@ def interleaved_runs(args) -> dict[str, list[dict]]:
     return runs
 
 
-def overhead(runs: dict[str, list[dict]]) -> dict:
-    """The periodic runs' mean step time over the final-only runs', minus one; per pair too."""
-    mean_ms = {kind: statistics.mean(run["step_ms"] for run in kind_runs)
-               for kind, kind_runs in runs.items()}
+def compared(runs: dict[str, list[dict]]) -> dict:
+    """Mean step times of the two kinds of run: the median over pairs of periodic /
+    final-only - 1 (a pair shares the load of its minutes), and the ratio of the means."""
+    def mean(kind):
+        return statistics.mean(run["step_ms"] for run in runs[kind])
     pairs = [p["step_ms"] / f["step_ms"] - 1 for p, f in zip(runs["periodic"], runs["final_only"])]
-    return {"mean_step_ms": mean_ms, "added": mean_ms["periodic"] / mean_ms["final_only"] - 1,
-            "added_per_pair": pairs}
+    return {"mean_step_ms": {kind: mean(kind) for kind in runs}, "added_per_pair": pairs,
+            "added_median_pair": statistics.median(pairs),
+            "added_by_means": mean("periodic") / mean("final_only") - 1}
+
+
+def per_save(runs: dict[str, list[dict]]) -> dict:
+    """What one save adds, in parts: its block (the checkpoint seconds of the periodic runs
+    beyond the final-only runs', per extra save), the time it adds to the steps around it,
+    and their sum over `save_every` clean steps."""
+    def mean(kind, key):
+        return statistics.mean(run[key] for run in runs[kind])
+    periodic = runs["periodic"]
+    extra_saves = periodic[0]["saves"] - runs["final_only"][0]["saves"]
+    block_ms = 1000 * (mean("periodic", "checkpointing_s")
+                       - mean("final_only", "checkpointing_s")) / extra_saves
+    outside_ms = statistics.median(ms for run in periodic for ms in run["outside_block_ms_each_save"])
+    clean_ms = statistics.median(run["clean_step_ms"] for run in periodic)
+    return {"block_ms": block_ms, "outside_block_ms": outside_ms, "clean_step_ms": clean_ms,
+            "added": (block_ms + outside_ms) / (periodic[0]["save_every"] * clean_ms)}
 
 
 def save_timings(args) -> dict:
@@ -134,25 +157,45 @@ def save_timings(args) -> dict:
 def measure(args) -> dict:
     check_args(args)
     runs = interleaved_runs(args)
-    added = overhead(runs)
+    parts = per_save(runs)
     return {"steps": args.steps, "save_every": args.save_every, "repeats": args.repeats,
             "devices": args.devices, "versions": harness.versions("orbax-checkpoint"),
-            "runs": runs, "overhead": added, "save": save_timings(args),
+            "runs": runs, "compared": compared(runs), "per_save": parts,
+            "save": save_timings(args),
             "targets": [harness.target(f"% step time added by saving every {args.save_every} "
-                                       "steps", round(100 * added["added"], 2),
-                                       f"< {100 * OVERHEAD_GOAL:g}", added["added"] < OVERHEAD_GOAL)]}
+                                       "steps", round(100 * parts["added"], 2),
+                                       f"< {100 * OVERHEAD_GOAL:g}",
+                                       parts["added"] < OVERHEAD_GOAL)]}
 
 
-COLUMNS = ("runs", "saves per run", "mean step ms", "checkpoint blocks s per run",
-           "blocking ms per save", "wall s per run")
+COLUMNS = ("runs", "saves per run", "mean step ms", "clean step ms", "checkpoint blocks s",
+           "wall s")
 
 
 def _kind_row(name: str, kind_runs: list[dict]) -> tuple:
     def mean(key):
         return statistics.mean(run[key] for run in kind_runs)
-    return (f"{name} (x{len(kind_runs)})", kind_runs[0]["saves"], markdown.number(mean("step_ms"), 1),
-            markdown.number(mean("checkpointing_s"), 2),
-            markdown.number(mean("blocking_ms_per_save")), markdown.number(mean("wall_s")))
+    return (f"{name} (x{len(kind_runs)})", kind_runs[0]["saves"],
+            markdown.number(mean("step_ms"), 1), markdown.number(mean("clean_step_ms"), 1),
+            markdown.number(mean("checkpointing_s"), 2), markdown.number(mean("wall_s")))
+
+
+def _per_save_line(result: dict) -> str:
+    parts = result["per_save"]
+    return (f"One save every {result['save_every']} steps, in the loop: "
+            f"{parts['block_ms']:.0f} ms blocked (finiteness check and `save()`) + "
+            f"{parts['outside_block_ms']:.0f} ms added to the steps around it = "
+            f"{parts['block_ms'] + parts['outside_block_ms']:.0f} ms per "
+            f"{result['save_every']} steps of {parts['clean_step_ms']:.1f} ms: "
+            f"**{100 * parts['added']:+.1f}%** step time (the target's figure).")
+
+
+def _compared_line(result: dict) -> str:
+    compared_ = result["compared"]
+    pairs = ", ".join(f"{100 * value:+.1f}%" for value in compared_["added_per_pair"])
+    return (f"The mean step times compared directly: periodic / final-only - 1 = "
+            f"{100 * compared_['added_median_pair']:+.1f}% (median of the pairs {pairs}; "
+            f"{100 * compared_['added_by_means']:+.1f}% from the means).")
 
 
 def _save_line(save: dict) -> str:
@@ -163,37 +206,38 @@ def _save_line(save: dict) -> str:
             f"{save['first_blocking_ms']:.0f} ms blocking, {save['first_total_ms']:.0f} ms total).")
 
 
-NOTES = """\
-- mean step ms: (goodput `productive` + `checkpointing` seconds) / productive steps, i.e.
-  the wall time of steps 2 to the last with the checkpoint blocks put back in (the logged
-  tokens/s leaves them out). Both kinds of run hold the forced save at the last step; the
-  writes that go on in the background after `save()` returns slow the following steps and
-  are counted in `productive`.
-- blocking ms per save: a run's `checkpointing` seconds / its saves: the finiteness check
-  (which waits for the step in flight) plus `Checkpointer.save` until it returns.
-- The runs alternate (final-only first in odd repeats, periodic first in even ones) so that
-  a change in machine load falls on both; per-pair figures show the noise."""
-
-
-def _overhead_line(result: dict) -> str:
-    added = result["overhead"]
-    pairs = ", ".join(f"{100 * value:+.1f}%" for value in added["added_per_pair"])
-    return (f"Saving every {result['save_every']} steps adds **{100 * added['added']:.1f}%** to "
-            f"the mean step time (each pair of runs: {pairs}).")
+NOTES = """- mean step ms: (goodput `productive` + `checkpointing` seconds) / productive steps: the
+  wall time of steps 2 to the last with the checkpoint blocks put back in (the logged
+  tokens/s stops its clock in them). Both kinds of run make the forced save at the last
+  step and pay the one-time costs of a first save (compiling the finiteness check, orbax's
+  set-up), so their difference is the saves before the last step.
+- clean step ms: median ms per step of the logged 5-step intervals away from any save
+  (from 5 steps before one to 15 after), without step 1 and the last interval.
+- Parts of a save: blocked = the periodic runs' checkpoint-block seconds beyond the
+  final-only runs', per extra save (the finiteness check, which waits for the step in
+  flight, plus `Checkpointer.save` until it returns); added around it = the logged
+  intervals from 5 steps before to 15 after each save beyond their steps at the clean step
+  time (the background write slowing the next steps, less the step the block waited for),
+  median over the saves of all periodic runs. Their sum over `save_every` clean steps is
+  what saving adds to a long run's mean step time. It compares intervals seconds apart
+  within a run, so it is steadier under a changing machine load than the direct
+  comparison of whole runs a minute apart, whose pairs show the noise (runs alternate
+  which goes first)."""
 
 
 def section(result: dict) -> str:
     runs, versions = result["runs"], result["versions"]
     rows = [_kind_row(f"save every {result['save_every']} steps", runs["periodic"]),
             _kind_row("save at the last step only", runs["final_only"])]
-    setup = (f"`t5x_lite train` on `{shakespeare_setup.GIN_FILE}` without evals, {result['steps']} steps on "
-             f"{result['devices']} host devices:")
+    setup = (f"`t5x_lite train` on `{shakespeare_setup.GIN_FILE}` without evals, "
+             f"{result['steps']} steps on {result['devices']} host devices; figures per run:")
     lines = [
         markdown.provenance(result, f"jax {versions['jax']}, orbax-checkpoint "
                                     f"{versions['orbax-checkpoint']}."), "",
         setup, "",
         markdown.table(COLUMNS, rows), "",
-        _overhead_line(result), "",
+        _per_save_line(result), "",
+        _compared_line(result), "",
         _save_line(result["save"]), "",
         markdown.targets_line(result["targets"]), "",
         NOTES,
