@@ -78,6 +78,15 @@ def _preservation_policy(cfg: CheckpointConfig, rollback_margin: int | None):
     return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
 
 
+def _write_whole_arrays_in_one_process() -> None:
+    """In a single process, orbax's replica-parallel writes (each replica writing a slice)
+    only add slicing ops, and their compilation on the first save, to the blocking part
+    of every save: there, each array is written whole."""
+    if jax.process_count() == 1:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpointer:
     """The run's checkpoints in `<model_dir>/checkpoints`: the last `keep`, every
     `keep_every`-th, and the rollback target of `rollback_margin` (if given)."""
@@ -89,6 +98,7 @@ class Checkpointer:
             cleanup_tmp_directories=True)
         self.save_every = cfg.save_every
         self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+        _write_whole_arrays_in_one_process()
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_handlers=handlers)
