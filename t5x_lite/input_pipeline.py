@@ -32,7 +32,6 @@ data.hide_accelerators_from_tensorflow()
 
 MODEL_FEATURES = BATCH_KEYS
 _EVAL_SEED = 0  # Eval data does not depend on the training seed.
-PREFETCH_BATCHES = 2
 
 
 @gin.configurable
@@ -184,8 +183,7 @@ def _shard_batches(cfg: DataConfig, shard: int, split: str, shuffle: bool,
     if not cfg.pack and "decoder_segment_ids" not in dataset.element_spec:
         dataset = dataset.map(_with_unpacked_segments)
     dataset = dataset.batch(cfg.global_batch_size // cfg.shard_count, drop_remainder=True)
-    # tf.data's own threads prepare the next batches while the train step runs.
-    return dataset.prefetch(PREFETCH_BATCHES).with_options(_deterministic_options())
+    return dataset.with_options(_deterministic_options())
 
 
 def _with_unpacked_segments(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
