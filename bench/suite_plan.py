@@ -109,9 +109,9 @@ DEFINITIONS = """\
   seconds at the chip's one-direction interconnect bandwidth (v5p ICI 600 GB/s, H100 NVLink
   450 GB/s), nothing overlapped. The CPU compiler keeps gradient reductions as all-reduce
   where TPU and GPU compilers emit reduce-scatter (about half the wire bytes).
-- step s: config FLOPs / (peak x MFU); tokens/s: tokens per step / step s. The 1b and 7b
-  model files train on `runs/pretrain.gin`'s byte-level `embedded` mixture, so 1b (vocab
-  None) has a 384-token vocabulary; 7b fixes 32000."""
+- step s: config FLOPs / (peak x MFU); tokens/s: tokens per step / step s. 7b fixes a
+  32,000-token vocabulary; 1b.gin takes the task's (bytes under `runs/pretrain.gin`), so it
+  is planned with `DecoderConfig.vocab_size=32768`, as a SentencePiece vocabulary gives."""
 
 
 def section(result: dict) -> str:
