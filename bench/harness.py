@@ -29,6 +29,14 @@ class BenchError(RuntimeError):
     """A failure a suite reports as one line."""
 
 
+def existing_text(path: pathlib.Path) -> pathlib.Path:
+    """The absolute path of a text file given by --text; BenchError when there is none."""
+    path = path.resolve()
+    if not path.is_file():
+        raise BenchError(f"--text {path}: no such file; give the path of a text file")
+    return path
+
+
 def target(name: str, value, goal: str, met: bool | None) -> dict:
     """One row of a suite's `targets`; `met` is None when it could not be measured."""
     return {"name": name, "value": value, "goal": goal, "met": met}

@@ -44,9 +44,7 @@ def add_arguments(parser) -> None:
 
 
 def check_args(args) -> None:
-    args.text = args.text.resolve()
-    if not args.text.is_file():
-        raise BenchError(f"--text {args.text}: no such file; give the path of a text file")
+    args.text = harness.existing_text(args.text)
     if min(args.steps, args.save_every, args.repeats, args.devices, args.saves) < 1:
         raise BenchError("--steps, --save_every, --repeats, --devices and --saves must be "
                          "positive")
@@ -134,8 +132,7 @@ def save_timings(args) -> dict:
     """Blocking and total milliseconds of saves of the Shakespeare train state."""
     from t5x_lite.checkpointing import CheckpointConfig, Checkpointer
 
-    setup = shakespeare_setup.build(args.text)
-    state, meta = setup.state, setup.meta()
+    _, state, meta = shakespeare_setup.build(args.text)
     blocking, total = [], []
     with tempfile.TemporaryDirectory() as model_dir:
         checkpointer = Checkpointer(model_dir, CheckpointConfig(save_every=1))

@@ -78,40 +78,36 @@ def global_batch_cost(setup, batch: dict, repeats: int = 300) -> dict:
 
     from t5x_lite import trainer
 
-    sharding = setup.batch_sharding()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(trainer._global_batch(batch, sharding))
+        jax.block_until_ready(trainer._global_batch(batch, setup.batch_sharding))
         times.append(time.perf_counter() - start)
     return {"devices": len(jax.devices()), "median_ms": 1000 * statistics.median(times),
             "fastest_ms": 1000 * min(times)}
 
 
-def step_consumption(setup, batch: dict, windows: int = 8, steps_per_window: int = 20) -> dict:
+def step_consumption(setup, state, batch: dict, windows: int = 8, steps_per_window: int = 20) -> dict:
     """The Shakespeare train step alone, on one pipeline batch placed on the devices once."""
     import jax
     import step_time
 
-    from t5x_lite import partitioning, steps
+    from t5x_lite import partitioning
 
-    sharding = setup.batch_sharding()
     with partitioning.activation_sharding(setup.mesh, setup.activation_rules):
-        train_step = steps.make_train_step(setup.spec, setup.optimizer, setup.schedule,
-                                           setup.shardings, sharding)
-        placed = {key: jax.device_put(value, sharding) for key, value in batch.items()}
-        seconds, _ = step_time.time_steps(train_step, setup.state, placed, windows,
+        train_step = setup.train_step()
+        placed = {key: jax.device_put(value, setup.batch_sharding)
+                  for key, value in batch.items()}
+        seconds, _ = step_time.time_steps(train_step, state, placed, windows,
                                           steps_per_window)
     median_ms = 1000 * seconds[len(seconds) // 2]
-    return {"devices": len(jax.devices()), "batch_size": setup.data.global_batch_size,
-            "length": setup.data.sequence_length, "median_ms": median_ms,
+    return {"devices": len(jax.devices()), "batch_size": setup.global_batch_size,
+            "length": setup.sequence_length, "median_ms": median_ms,
             "fastest_ms": 1000 * seconds[0], "steps_per_second": 1000 / median_ms}
 
 
 def measure(args) -> dict:
-    args.text = args.text.resolve()
-    if not args.text.is_file():
-        raise BenchError(f"--text {args.text}: no such file; give the path of a text file")
+    args.text = harness.existing_text(args.text)
     if args.batches < 1 or args.warmup < 0:
         raise BenchError("--batches must be positive and --warmup not negative")
     names = ["shakespeare"] + ([] if args.skip_embedded else ["embedded"])
@@ -121,8 +117,8 @@ def measure(args) -> dict:
         pipelines[name], last_batches[name] = pipeline_rate(data_config(name, args.text),
                                                             args.batches, args.warmup)
     print("timing the train step and the global arrays", flush=True)
-    setup = shakespeare_setup.build(args.text)
-    consumption = step_consumption(setup, last_batches["shakespeare"])
+    setup, state, _ = shakespeare_setup.build(args.text)
+    consumption = step_consumption(setup, state, last_batches["shakespeare"])
     global_batch = global_batch_cost(setup, last_batches["shakespeare"])
     ratio = pipelines["shakespeare"]["batches_per_second"] / consumption["steps_per_second"]
     return {"text": str(args.text), "versions": harness.versions("tensorflow", "seqio"),

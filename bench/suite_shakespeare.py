@@ -39,9 +39,7 @@ def add_arguments(parser) -> None:
 
 
 def check_args(args) -> None:
-    args.text = args.text.resolve()
-    if not args.text.is_file():
-        raise BenchError(f"--text {args.text}: no such file; give the path of a text file")
+    args.text = harness.existing_text(args.text)
     if args.steps < 1 or args.devices < 1:
         raise BenchError("--steps and --devices must be positive")
 

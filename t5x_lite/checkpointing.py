@@ -6,6 +6,7 @@ position, layer layout, model config, operative gin config).
 """
 
 import dataclasses
+import functools
 import os
 import sys
 
@@ -78,6 +79,7 @@ def _preservation_policy(cfg: CheckpointConfig, rollback_margin: int | None):
     return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
 
 
+@functools.cache
 def _write_whole_arrays_in_one_process() -> None:
     """In a single process, orbax's replica-parallel writes (each replica writing a slice)
     only add slicing ops, and their compilation on the first save, to the blocking part
