@@ -15,6 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from t5x_lite.divergence import init_health
 from t5x_lite.errors import ConfigError
 
 
@@ -120,15 +121,28 @@ class Checkpointer:
         return self.manager.save(step, args=args, force=force)
 
     def restore(self, step: int, abstract_state, shardings):
-        """(state, meta) of `step`, placed with `shardings`."""
+        """(state, meta) of `step`, placed with `shardings`. Divergence statistics saved in
+        another layout (by an older version) are not restored: they start afresh."""
         saved = self.manager.item_metadata(step)["state"]
         saved = getattr(saved, "tree", saved)
         check_shapes(saved["params"], abstract_state["params"], f"{self.directory}/{step}")
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(with_shardings(abstract_state, shardings)),
-            meta=ocp.args.JsonRestore())
+        target = with_shardings(abstract_state, shardings)
+        fresh_health = set(_shapes_by_path(saved.get("health", {}))) != set(
+            _shapes_by_path(abstract_state["health"]))
+        if fresh_health:  # restored as saved, then replaced
+            replicated = jax.tree.leaves(shardings["health"])[0]
+            target["health"] = jax.tree.map(
+                lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
+                saved["health"])
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                  meta=ocp.args.JsonRestore())
         restored = self.manager.restore(step, args=args)
-        return restored["state"], restored["meta"]
+        state = restored["state"]
+        if fresh_health:
+            print(f"checkpoint step {step}: its divergence statistics have an older layout; "
+                  "they start afresh", file=sys.stderr)
+            state = {**state, "health": jax.device_put(init_health(), shardings["health"])}
+        return state, restored["meta"]
 
     def restore_latest(self, abstract_state, shardings, before: int | None = None):
         """(step, state, meta) of the newest readable checkpoint, or None if there is none.

@@ -15,7 +15,10 @@ import jax.numpy as jnp
 class FaultInjector:
     """`nan_loss_at_steps`: these (1-based) steps compute a NaN loss and NaN gradients.
     `lr_factor_at_steps`, `lr_factor`: these steps' updates are multiplied by the factor.
-    Both follow the data: after a rollback that skips batches they do not recur.
+    `lr_ramp_steps=(first, last)`, `lr_ramp_factor`: a slowly growing learning rate; the
+    updates of steps first..last are multiplied by a factor that grows geometrically from
+    1 to `lr_ramp_factor`.
+    These follow the data: after a rollback that skips batches they do not recur.
     The faults below fire once per model dir (and process): a restarted run goes on.
     `hang_at_step`: the host loop stops making progress after this step.
     `signal_at_step`, `signal_name`: the process signals itself after this step.
@@ -25,6 +28,8 @@ class FaultInjector:
     nan_loss_at_steps: tuple[int, ...] = ()
     lr_factor_at_steps: tuple[int, ...] = ()
     lr_factor: float = 1.0
+    lr_ramp_steps: tuple[int, int] | None = None
+    lr_ramp_factor: float = 1.0
     hang_at_step: int | None = None
     signal_at_step: int | None = None
     signal_name: str = "SIGKILL"
@@ -54,8 +59,18 @@ class FaultInjector:
         return _at_steps(position, self.nan_loss_at_steps, jnp.nan)
 
     def update_scale(self, position: jax.Array) -> jax.Array:
-        """1.0, or `lr_factor` for the batches of the steps in `lr_factor_at_steps`."""
-        return _at_steps(position, self.lr_factor_at_steps, self.lr_factor)
+        """1.0, or `lr_factor` for the batches of the steps in `lr_factor_at_steps`, times
+        the ramp's factor for the batches of the steps in `lr_ramp_steps`."""
+        return _at_steps(position, self.lr_factor_at_steps, self.lr_factor) * self._ramp(position)
+
+    def _ramp(self, position: jax.Array) -> jax.Array:
+        if self.lr_ramp_steps is None:
+            return jnp.ones((), jnp.float32)
+        first, last = self.lr_ramp_steps
+        step = (position + 1).astype(jnp.float32)
+        fraction = (step - first) / max(last - first, 1)
+        inside = (step >= first) & (step <= last)
+        return jnp.where(inside, jnp.float32(self.lr_ramp_factor) ** fraction, 1.0)
 
 
 def _first_time(fault: str, step: int, model_dir: str) -> bool:

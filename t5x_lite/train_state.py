@@ -15,7 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from t5x_lite import partitioning
-from t5x_lite.divergence import DivergenceConfig, init_health
+from t5x_lite.divergence import init_health
 from t5x_lite.models.config import DecoderConfig
 from t5x_lite.models.decoder import Decoder
 
@@ -57,7 +57,7 @@ class ModelSpec:
 def new_state(spec: ModelSpec, optimizer: optax.GradientTransformation, params: dict) -> dict:
     return {"step": jnp.zeros((), jnp.int32), "params": params,
             "opt_state": optimizer.init(params),
-            "health": init_health(DivergenceConfig().window)}
+            "health": init_health()}
 
 
 def state_shardings(spec: ModelSpec, optimizer, mesh: Mesh, param_rules):

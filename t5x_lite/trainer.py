@@ -1,6 +1,7 @@
 """The pretraining loop: restore or init, then steps, metrics, eval and checkpoints."""
 
 import dataclasses
+import functools
 import os
 
 import gin
@@ -17,7 +18,7 @@ from t5x_lite.goodput import Goodput
 from t5x_lite.models.config import DecoderConfig
 from t5x_lite.preemption import Preempted, PreemptionWatch
 from t5x_lite.profiler import ProfileConfig, StepProfiler
-from t5x_lite.recovery import Diverged, DivergenceLadder, RecoveryLog, Rollback
+from t5x_lite.recovery import DivergenceLadder, RecoveryLog, Rollback
 from t5x_lite.train_setup import build_setup
 from t5x_lite.train_state import ModelSpec, init_state
 from t5x_lite.watchdog import Watchdog, WatchdogConfig
@@ -44,20 +45,26 @@ def _global_batch(local_batch: dict, sharding) -> dict:
             for key, value in local_batch.items()}
 
 
-def _restore_or_init(run: Run, optimizer, abstract, seed: int, initial_checkpoint_path):
-    """(state, data position): latest in MODEL_DIR, else the initial checkpoint, else init."""
+def _restore_or_init(run: Run, initial_state):
+    """(state, data position, origin): latest in MODEL_DIR, else `initial_state()`."""
     with run.goodput.spend("restore"):
-        restored = run.checkpointer.restore_latest(abstract, run.shardings)
+        restored = run.checkpointer.restore_latest(run.abstract, run.shardings)
     if restored is not None:
         step, state, meta = restored
         return state, int(meta["data_position"]), f"restored step {step}"
+    state, origin = initial_state()
+    return state, 0, origin
+
+
+def _initial_state(run: Run, optimizer, seed: int, initial_checkpoint_path):
+    """(state, origin) at step 0: params from the initial checkpoint, else a fresh init."""
     if initial_checkpoint_path:
         with run.goodput.spend("restore"):
-            params = restore_params(initial_checkpoint_path, abstract["params"],
+            params = restore_params(initial_checkpoint_path, run.abstract["params"],
                                     run.shardings["params"])
         state = init_state(run.spec, optimizer, run.shardings, seed, params=params)
-        return state, 0, f"initialized params from {initial_checkpoint_path}"
-    return init_state(run.spec, optimizer, run.shardings, seed), 0, "initialized from scratch"
+        return state, f"initialized params from {initial_checkpoint_path}"
+    return init_state(run.spec, optimizer, run.shardings, seed), "initialized from scratch"
 
 
 def _evaluate(eval_step, params, eval_batches) -> float:
@@ -103,8 +110,9 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     _write_config(model_dir)
 
     with partitioning.activation_sharding(mesh, setup.activation_rules):
-        state, position, origin = _restore_or_init(run, setup.optimizer, setup.abstract, seed,
-                                                   initial_checkpoint_path)
+        initial_state = functools.partial(_initial_state, run, setup.optimizer, seed,
+                                          initial_checkpoint_path)
+        state, position, origin = _restore_or_init(run, initial_state)
         train_step = setup.train_step()
         eval_step = steps.make_eval_step(setup.spec, setup.shardings["params"],
                                          setup.batch_sharding)
@@ -120,6 +128,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
             flops_per_token=metrics_lib.train_flops_per_token(setup.cfg, setup.sequence_length),
             peak_flops=metrics_lib.total_peak_flops(peak_flops_per_device),
             faults=setup.faults, divergence=setup.divergence, redo_until=furthest_step,
+            initial_state=lambda: initial_state()[0],
             task_eval=task_eval, task_eval_every=task_eval_every,
             evaluator=evaluation.evaluator(task_eval, data.task_feature_lengths) if task_eval
             else None,
@@ -157,6 +166,7 @@ class _LoopContext:
     divergence: DivergenceConfig
     redo_until: int
     batches_from: object
+    initial_state: object
     task_eval: object = None
     task_eval_every: int | None = None
     evaluator: object = None
@@ -253,24 +263,26 @@ def _save_if_healthy(run: Run, step: int, state, position: int, ladder: Divergen
 
 
 def _roll_back(run: Run, ctx: _LoopContext, step: int, rollback: Rollback):
-    """(state, data position, step) after returning to the checkpoint the ladder asks for."""
+    """(state, data position, step) after returning to the checkpoint the ladder asks for,
+    or to the initial state (step 0, data position 0) when there is no checkpoint yet."""
     with run.goodput.spend("restore"):
         run.checkpointer.wait()
         restored = run.checkpointer.restore_latest(run.abstract, run.shardings,
                                                    before=rollback.before)
-    if restored is None:
-        run.recovery.record(step, "no_checkpoint", "stopped_diverged")
-        raise Diverged(f"diverged at step {step} with no checkpoint to roll back to")
-    restored_step, state, meta = restored
+        if restored is None:
+            restored_step, state, position, target = 0, ctx.initial_state(), 0, "initial_state"
+        else:
+            restored_step, state, meta = restored
+            position, target = int(meta["data_position"]), f"step_{restored_step}"
     if rollback.lower_lr:
         health = {**state["health"], "lr_scale": state["health"]["lr_scale"]
                   * ctx.divergence.lr_factor}
         state = {**state, "health": health}
     skipped = ctx.divergence.skip_batches
     action = "rollback_lower_lr" if rollback.lower_lr else "rollback"
-    run.recovery.record(step, "repeated_anomalies", f"{action}_to_step_{restored_step}",
+    run.recovery.record(step, "repeated_anomalies", f"{action}_to_{target}",
                         batches_skipped=skipped)
-    return state, int(meta["data_position"]) + skipped, restored_step
+    return state, position + skipped, restored_step
 
 
 def _should_log(step: int, ctx: _LoopContext) -> bool:

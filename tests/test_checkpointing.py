@@ -8,6 +8,7 @@ import pytest
 
 from t5x_lite import optim, partitioning
 from t5x_lite.checkpointing import CheckpointConfig, Checkpointer, restore_params
+from t5x_lite.divergence import init_health
 from t5x_lite.errors import ConfigError
 from t5x_lite.train_state import ModelSpec, init_state, state_shardings
 from tests.helpers import TINY
@@ -92,3 +93,16 @@ def test_missing_initial_checkpoint_is_a_clear_error(tmp_path):
     _, _, abstract, shardings = _target((1, 1, 1))
     with pytest.raises(ConfigError, match="INITIAL_CHECKPOINT_PATH=.* does not exist"):
         restore_params(str(tmp_path / "nope"), abstract["params"], shardings["params"])
+
+
+def test_divergence_statistics_of_an_older_layout_start_afresh(tmp_path, trained_state, capfd):
+    older = {**trained_state, "health": {"loss": np.full((100,), 2.0, np.float32),
+                                         "grad_norm": np.ones((100,), np.float32),
+                                         "count": np.int32(7), "lr_scale": np.float32(0.5)}}
+    checkpointer = _save(tmp_path, older)
+    _, _, abstract, shardings = _target((2, 2, 2))
+    restored, _ = checkpointer.restore(3, abstract, shardings)
+    _assert_trees_equal(restored["params"], trained_state["params"])
+    _assert_trees_equal(restored["opt_state"], trained_state["opt_state"])
+    _assert_trees_equal(restored["health"], init_health())
+    assert "divergence statistics have an older layout" in capfd.readouterr().err

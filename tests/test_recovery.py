@@ -54,24 +54,55 @@ def test_watchdog_ends_a_hung_run_with_stacks(tmp_path):
     assert max(losses_by_step(tmp_path)) <= 4
 
 
-def test_spikes_are_judged_against_the_window():
+def _judge(steps, cfg=None):
+    """Anomaly codes of (loss, grad norm) pairs fed in turn, and the health after them."""
     import jax.numpy as jnp
 
     from t5x_lite import divergence
-    cfg = divergence.DivergenceConfig(window=8, min_history=4, z_threshold=6.0, min_ratio=1.5)
-    health = divergence.init_health(8)
-    for loss in (2.0, 2.1, 1.9, 2.0, 2.05):
-        code, health = divergence.assess(health, jnp.float32(loss), jnp.float32(1.0), cfg)
-        assert int(code) == divergence.HEALTHY
-    assert int(health["count"]) == 5
-    code, after = divergence.assess(health, jnp.float32(9.0), jnp.float32(1.0), cfg)
-    assert int(code) == divergence.LOSS_SPIKE and int(after["count"]) == 5
-    code, _ = divergence.assess(health, jnp.float32(2.0), jnp.float32(50.0), cfg)
-    assert int(code) == divergence.GRAD_NORM_SPIKE
-    code, _ = divergence.assess(health, jnp.float32(jnp.inf), jnp.float32(1.0), cfg)
-    assert int(code) == divergence.NON_FINITE
-    code, _ = divergence.assess(health, jnp.float32(2.2), jnp.float32(1.1), cfg)
-    assert int(code) == divergence.HEALTHY
+    cfg, health, codes = cfg or divergence.DivergenceConfig(), divergence.init_health(), []
+    for loss, grad_norm in steps:
+        code, health = divergence.assess(health, jnp.float32(loss), jnp.float32(grad_norm), cfg)
+        codes.append(int(code))
+    return codes, health
+
+
+def _noisy(values, scale=0.03, seed=0):
+    return values * np.exp(scale * np.random.default_rng(seed).standard_normal(len(values)))
+
+
+def test_a_loss_spike_is_judged_against_a_baseline_that_follows_the_loss():
+    from t5x_lite import divergence
+    falling = _noisy(5.0 * 0.98 ** np.arange(60))  # 5.0 down to 1.5
+    history = list(zip(falling, _noisy(np.ones(60), seed=1)))
+    codes, health = _judge(history)
+    assert codes == [divergence.HEALTHY] * 60 and int(health["count"]) == 60
+    current = falling[-1]
+    # 1.6x the current loss, below the mean of the whole history: a spike all the same.
+    assert 1.6 * current < falling.mean()
+    codes, after = _judge(history + [(1.6 * current, 1.0)])
+    assert codes[-1] == divergence.LOSS_SPIKE and int(after["count"]) == 60
+    assert _judge(history + [(1.05 * current, 1.0)])[0][-1] == divergence.HEALTHY
+    assert _judge(history + [(float("nan"), 1.0)])[0][-1] == divergence.NON_FINITE
+    assert _judge(history + [(current, float("inf"))])[0][-1] == divergence.NON_FINITE
+
+
+def test_a_gradient_norm_spike_counts_only_with_a_raised_loss():
+    from t5x_lite import divergence
+    flat = list(zip(_noisy(np.full(40, 2.0), 0.01), _noisy(np.ones(40), 0.05, seed=1)))
+    codes, health = _judge(flat + [(2.0, 30.0)])
+    assert codes[-1] == divergence.HEALTHY and int(health["count"]) == 41
+    assert _judge(flat + [(2.2, 30.0)])[0][-1] == divergence.GRAD_NORM_SPIKE
+    assert _judge(flat + [(2.2, 1.0)])[0][-1] == divergence.HEALTHY
+
+
+def test_a_slowly_rising_loss_is_caught_as_a_drift():
+    from t5x_lite import divergence
+    flat = _noisy(np.full(40, 2.0), 0.02)
+    rising = _noisy(2.0 * 1.01 ** np.arange(1, 41), 0.02, seed=1)  # +1% a step
+    codes, _ = _judge(zip(np.concatenate([flat, rising]), np.ones(80)))
+    flagged = [(step, code) for step, code in enumerate(codes) if code]
+    assert flagged and flagged[0][1] == divergence.LOSS_DRIFT, flagged
+    assert 40 < flagged[0][0] < 60, flagged
 
 
 def _recovery_records(model_dir) -> list[dict]:
@@ -107,16 +138,24 @@ def test_a_hopeless_run_stops_as_diverged(tmp_path):
     assert steps == [4]  # nothing written while the anomalies went on
 
 
-def test_a_checkpoint_with_non_finite_params_is_never_written(tmp_path):
+def test_a_divergence_before_the_first_checkpoint_rolls_back_to_the_initial_state(tmp_path):
     blow_up = ["--gin.FaultInjector.lr_factor_at_steps=(3,)",
                "--gin.FaultInjector.lr_factor=1e300"]
-    result = run_cli(train_command(tmp_path, 30, *blow_up, *LADDER))
-    assert result.returncode == 77, result.stderr[-3000:]
+    result = run_cli(train_command(tmp_path, 16, *blow_up, *LADDER))
+    assert result.returncode == 0, result.stderr[-3000:]
     records = _recovery_records(tmp_path)
     assert {"step": 4, "signal": "non_finite_params", "action": "checkpoint_not_written",
             "batches_skipped": 0} in records
-    assert records[-1]["action"] == "stopped_diverged"
-    assert not [n for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()]
+    assert [r["action"] for r in records if r["action"].startswith("rollback")] == [
+        "rollback_to_initial_state"], records
+    assert records[-1]["batches_skipped"] == 10
+    losses = losses_by_step(tmp_path)
+    assert all(len(losses[step]) == 2 for step in range(1, 7))  # steps 1-6 ran twice
+    assert losses[1][1] == pytest.approx(losses[1][0], rel=0.05)  # from the same init
+    assert all(losses[step][-1] is not None for step in range(1, 17))
+    assert losses[16][-1] < losses[1][-1]
+    steps = [int(name) for name in os.listdir(tmp_path / "checkpoints") if name.isdigit()]
+    assert min(steps) >= 8  # step 4's non-finite params were never written
 
 
 def test_a_learning_rate_spike_rolls_back_before_it_and_skips_its_window(tmp_path):

@@ -1,0 +1,317 @@
+"""The divergence detector on healthy runs and on injected faults (CPU).
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 python bench/suite_divergence.py \
+        [--runs a,b,...] [--text PATH] [--out bench/results/divergence.json]
+
+Every run is `t5x_lite train` logging every step, in a fresh temporary MODEL_DIR.
+
+- Healthy runs (the quickstart, the Shakespeare experiment, fine-tunes of a 100-step
+  quickstart checkpoint on `arithmetic_increment_direct` at three learning rates with
+  short warmups, the instruction mixture, a batch of 4, arithmetic from scratch), with
+  the defaults: false alarms are the skipped steps, rollbacks and stops in recovery.jsonl.
+- Faults injected into the quickstart at step 150 (a NaN batch; the update of one step
+  x10, x100, x300; a learning rate growing 1000x over steps 120-200), with the defaults:
+  the detection delay (first anomaly recorded, minus the step whose loss first shows the
+  fault), what the ladder did, the exit code and the final loss against the healthy
+  quickstart's.
+- The same faults with the detector observing only (thresholds out of reach), for the
+  loss each fault causes; then the detector (the real `divergence.assess`) and the
+  previous rule replayed over all traces, the defaults beside variants of them.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import shutil
+import tempfile
+
+import harness
+import markdown
+from harness import BenchError
+
+TITLE = "Divergence detection: false alarms and detection delay (CPU)"
+DEVICES = 2
+
+FAULT_STEP = 150
+PRETRAIN_STEPS = 100
+QUICKSTART = ["--gin_file=quickstart.gin"]
+OBSERVE_ONLY = ["--gin.DivergenceConfig.loss_z=1e9", "--gin.DivergenceConfig.grad_norm_z=1e9"]
+
+
+def _finetune(peak: float, warmup: int) -> list[str]:
+    return ["--gin_file=experiments/arithmetic_tiny.gin",
+            "--gin.MIXTURE_OR_TASK_NAME='arithmetic_increment_direct'", "--gin.BATCH_SIZE=32",
+            "--gin.TRAIN_STEPS=300", f"--gin.create_schedule.peak_value={peak}",
+            f"--gin.create_schedule.warmup_steps={warmup}", "--gin.INITIAL_CHECKPOINT_PATH='{pre}'"]
+
+
+def healthy_runs(text: pathlib.Path) -> dict[str, list[str]]:
+    return {
+        "quickstart": QUICKSTART,
+        "quickstart, batch 4": [*QUICKSTART, "--gin.BATCH_SIZE=4", "--gin.TRAIN_STEPS=600"],
+        "shakespeare": ["--gin_file=experiments/shakespeare_char.gin",
+                        f"--gin.TEXT_FILES=['{text}']"],
+        "arithmetic from scratch": ["--gin_file=experiments/arithmetic_tiny.gin",
+                                    "--gin.TRAIN_STEPS=300"],
+        **{f"fine-tune {peak:g}, warmup {warmup}": _finetune(peak, warmup)
+           for peak, warmup in ((3e-4, 50), (1e-3, 50), (1e-3, 10), (2e-3, 50), (2e-3, 10))},
+        "instruction mixture": ["--gin_file=models/decoder/tiny.gin",
+                                "--gin_file=runs/finetune.gin", "--gin.BATCH_SIZE=8",
+                                "--gin.TRAIN_STEPS=200", "--gin.train.task_eval=None",
+                                "--gin.INITIAL_CHECKPOINT_PATH='{pre}'"],
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    flags: tuple[str, ...]
+    first_step: int  # the first step whose update (or loss, for NaN) the fault touches
+    shows_at: int  # the first step whose loss can show it
+
+
+def _update_fault(factor: float) -> Fault:
+    return Fault((f"--gin.FaultInjector.lr_factor_at_steps=({FAULT_STEP},)",
+                  f"--gin.FaultInjector.lr_factor={factor}"), FAULT_STEP, FAULT_STEP + 1)
+
+
+FAULTS = {
+    "NaN batch": Fault((f"--gin.FaultInjector.nan_loss_at_steps=({FAULT_STEP},)",),
+                       FAULT_STEP, FAULT_STEP),
+    "update x10": _update_fault(10), "update x100": _update_fault(100),
+    "update x300": _update_fault(300),
+    "lr growing 1000x": Fault(("--gin.FaultInjector.lr_ramp_steps=(120, 200)",
+                               "--gin.FaultInjector.lr_ramp_factor=1000"), 120, 121),
+}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--runs", help="comma-separated run names (default: all)")
+    parser.add_argument("--text", type=pathlib.Path, default=harness.DEFAULT_TEXT,
+                        help="the Shakespeare run's text")
+
+
+def train(name: str, flags: list[str], work: pathlib.Path, log_dir: pathlib.Path) -> dict:
+    """One `t5x_lite train` child logging every step: exit code, trace, recovery records."""
+    model_dir = work / _slug(name)
+    argv = [harness.t5x_lite_cli(), "train", *flags, f"--gin.MODEL_DIR='{model_dir}'",
+            "--gin.train.log_every=1", "--gin.train.eval_every=None"]
+    argv = [part.replace("{pre}", str(work / "pretrained")) for part in argv]
+    env = {**os.environ, **harness.host_devices_env(DEVICES)}
+    log_path = log_dir / f"divergence_{_slug(name)}.log"
+    print(f"{name}: {harness.display(argv)}", flush=True)
+    try:
+        harness.run_child(name, argv, env, log_path)
+        exit_code = 0
+    except BenchError as error:
+        exit_code = int(str(error).split("exit code ")[1].split(")")[0])
+    records = _jsonl(model_dir / "recovery.jsonl")
+    trace = {record["step"]: (record["loss"], record["grad_norm"])
+             for record in _jsonl(model_dir / "metrics.jsonl") if "grad_norm" in record}
+    steps = sorted(trace)
+    return {"exit_code": exit_code, "records": records,
+            "loss": [trace[s][0] for s in steps], "grad_norm": [trace[s][1] for s in steps],
+            "steps": steps}
+
+
+def _jsonl(path: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def false_alarms(run: dict) -> dict:
+    actions = [record["action"] for record in run["records"]]
+    return {"skipped": actions.count("skipped_update"),
+            "rollbacks": sum(action.startswith("rollback") for action in actions),
+            "stopped": run["exit_code"] != 0}
+
+
+def fault_outcome(run: dict, fault: Fault, healthy_final: float) -> dict:
+    skips = [r for r in run["records"] if r["action"] == "skipped_update"
+             and r["step"] >= fault.first_step]
+    rollbacks = [r["action"] for r in run["records"] if r["action"].startswith("rollback")]
+    final = run["loss"][-1]
+    return {"detected_at": skips[0]["step"] if skips else None,
+            "delay": skips[0]["step"] - fault.shows_at if skips else None,
+            "signal": skips[0]["signal"] if skips else None, "rollbacks": rollbacks,
+            "exit_code": run["exit_code"], "final_loss": final,
+            "final_vs_healthy": final / healthy_final if final else None}
+
+
+def previous_rule(losses, grad_norms, window=100, min_history=20, z=6.0, ratio=1.5) -> list:
+    """The detector before adaptive baselines, as a reference: a step is anomalous when its
+    loss or gradient norm exceeds mean + z x std and ratio x mean of the last `window`
+    healthy values."""
+    import numpy as np
+    history: list[tuple[float, float]] = []
+    codes = []
+    for loss, grad_norm in zip(losses, grad_norms):
+        if loss is None or grad_norm is None or not math.isfinite(loss * grad_norm):
+            codes.append(1)
+            continue
+        recent = np.array(history[-window:]).reshape(-1, 2)
+        mean, std = recent.mean(axis=0) if len(recent) else 0, recent.std(axis=0) if len(
+            recent) else 0
+        spike = len(recent) >= min_history and np.any(
+            (np.array([loss, grad_norm]) > mean + z * std)
+            & (np.array([loss, grad_norm]) > ratio * mean))
+        codes.append(int(spike))
+        if not spike:
+            history.append((loss, grad_norm))
+    return codes
+
+
+def replay(losses, grad_norms, cfg) -> list:
+    """The anomaly code of each step under `cfg`, by the trainer's own `divergence.assess`."""
+    import jax
+    import jax.numpy as jnp
+    from t5x_lite import divergence
+
+    def step(health, values):
+        code, health = divergence.assess(health, values[0], values[1], cfg)
+        return health, code
+
+    as_array = lambda xs: jnp.asarray([jnp.nan if x is None else x for x in xs],  # noqa: E731
+                                      jnp.float32)
+    _, codes = jax.jit(lambda h, v: jax.lax.scan(step, h, v))(
+        divergence.init_health(), (as_array(losses), as_array(grad_norms)))
+    return [int(code) for code in codes]
+
+
+def variants() -> dict:
+    """The defaults beside tighter and looser thresholds and other horizons."""
+    from t5x_lite.divergence import DivergenceConfig
+    base = DivergenceConfig()
+    return {"defaults": base,
+            **{f"loss_z={z:g}": dataclasses.replace(base, loss_z=z) for z in (3.0, 4.0, 8.0)},
+            **{f"loss_ratio={r:g}": dataclasses.replace(base, loss_ratio=r)
+               for r in (1.05, 1.1, 1.5)},
+            **{f"horizon={h}": dataclasses.replace(base, horizon=h) for h in (20, 100)},
+            "grad norm alone": dataclasses.replace(base, raised_loss_z=-1e9,
+                                                   raised_loss_ratio=1e-9)}
+
+
+def replay_table(healthy: dict[str, dict], observed: dict[str, dict]) -> list[dict]:
+    """For each detector: flagged steps over the healthy traces, the longest streak, and
+    the delay on each observed fault (None: never flagged)."""
+    def summary(name, codes_of):
+        flagged, longest = 0, 0
+        for run in healthy.values():
+            codes = codes_of(run)
+            flagged += sum(1 for code in codes if code)
+            longest = max(longest, _longest_streak(codes))
+        delays = {}
+        for fault_name, run in observed.items():
+            fault = FAULTS[fault_name]
+            codes = codes_of(run)
+            hits = [s for s, c in zip(run["steps"], codes) if c and s >= fault.first_step]
+            delays[fault_name] = hits[0] - fault.shows_at if hits else None
+        return {"detector": name, "healthy_flagged": flagged, "longest_streak": longest,
+                "delays": delays}
+    rows = [summary("previous rule", lambda run: previous_rule(run["loss"], run["grad_norm"]))]
+    for name, cfg in variants().items():
+        rows.append(summary(name, lambda run, cfg=cfg: replay(run["loss"], run["grad_norm"],
+                                                              cfg)))
+    return rows
+
+
+def _longest_streak(codes) -> int:
+    longest = current = 0
+    for code in codes:
+        current = current + 1 if code else 0
+        longest = max(longest, current)
+    return longest
+
+
+def measure(args) -> dict:
+    args.text = harness.existing_text(args.text)
+    chosen = set(args.runs.split(",")) if args.runs else None
+    work = pathlib.Path(tempfile.mkdtemp(prefix="t5x_lite_divergence_"))
+    logs = args.out.parent
+    try:
+        train("pretrained", [*QUICKSTART, f"--gin.TRAIN_STEPS={PRETRAIN_STEPS}"], work, logs)
+        healthy = {name: train(name, flags, work, logs)
+                   for name, flags in healthy_runs(args.text).items()
+                   if chosen is None or name in chosen}
+        if "quickstart" not in healthy:
+            healthy["quickstart"] = train("quickstart", QUICKSTART, work, logs)
+        faults, observed = {}, {}
+        for name, fault in FAULTS.items():
+            if chosen is None or name in chosen:
+                faults[name] = train(name, [*QUICKSTART, *fault.flags], work, logs)
+                observed[name] = train(f"{name}, observed", [*QUICKSTART, *fault.flags,
+                                                             *OBSERVE_ONLY], work, logs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    healthy_final = healthy["quickstart"]["loss"][-1]
+    alarms = {name: false_alarms(run) for name, run in healthy.items()}
+    outcomes = {name: fault_outcome(run, FAULTS[name], healthy_final)
+                for name, run in faults.items()}
+    escalations = sum(a["rollbacks"] + a["stopped"] + max(a["skipped"] - 1, 0)
+                      for a in alarms.values())
+    delays = [o["delay"] for o in outcomes.values()]
+    worst = max((d for d in delays if d is not None), default=None)
+    recovered = all(o["exit_code"] == 0 for o in outcomes.values())
+    return {
+        "healthy": alarms, "faults": outcomes, "fault_step": FAULT_STEP,
+        "replay": replay_table(healthy, observed),
+        "traces": {"healthy": healthy, "observed": observed},
+        "versions": harness.versions(),
+        "targets": [
+            harness.target("escalations beyond one skipped step, healthy runs", escalations,
+                           "0", escalations == 0),
+            harness.target("worst detection delay, injected faults (steps)", worst, "<= 2",
+                           None not in delays and worst <= 2 if delays else None),
+            harness.target("fault runs completed", sum(o["exit_code"] == 0
+                                                       for o in outcomes.values()),
+                           f"all {len(outcomes)}", recovered)],
+    }
+
+
+HEALTHY_COLUMNS = ("healthy run", "steps", "skipped steps", "rollbacks", "stopped",
+                   "final loss")
+FAULT_COLUMNS = ("fault (quickstart)", "loss shows it at step", "detected at", "delay",
+                 "signal", "ladder", "exit code", "final loss / healthy")
+
+
+def _delay_cell(delay) -> str:
+    return "missed" if delay is None else str(delay)
+
+
+def section(result: dict) -> str:
+    traces = result["traces"]
+    healthy_rows = [(name, len(traces["healthy"][name]["steps"]), a["skipped"], a["rollbacks"],
+                     "yes" if a["stopped"] else "no",
+                     markdown.cell(traces["healthy"][name]["loss"][-1]))
+                    for name, a in result["healthy"].items()]
+    fault_rows = [(name, FAULTS[name].shows_at, o["detected_at"] or "—", _delay_cell(o["delay"]),
+                   o["signal"] or "—", ", ".join(o["rollbacks"]) or "skips only",
+                   o["exit_code"], markdown.cell(o["final_vs_healthy"]))
+                  for name, o in result["faults"].items()]
+    fault_names = list(result["faults"])
+    replay_rows = [(row["detector"], row["healthy_flagged"], row["longest_streak"],
+                    *(_delay_cell(row["delays"].get(name)) for name in fault_names))
+                   for row in result["replay"]]
+    lines = [
+        markdown.provenance(result, f"jax {result['versions']['jax']}."), "",
+        "Each run is `t5x_lite train` with the defaults, logging every step; fine-tunes start "
+        f"from a {PRETRAIN_STEPS}-step quickstart checkpoint.", "",
+        markdown.table(HEALTHY_COLUMNS, healthy_rows), "",
+        f"Faults injected into the quickstart (300 steps) at step {result['fault_step']}:", "",
+        markdown.table(FAULT_COLUMNS, fault_rows, align="lrrrlllr"), "",
+        "Replayed over the traces (the healthy runs above, and each fault run again with "
+        "the detector only observing): steps flagged on all healthy runs together, the "
+        "longest run of consecutive flags (rollback at 5), and the delay on each fault.", "",
+        markdown.table(("detector", "healthy flagged", "longest streak", *fault_names),
+                       replay_rows), "",
+        markdown.targets_line(result["targets"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    harness.suite_main(__file__, TITLE, add_arguments, measure)
