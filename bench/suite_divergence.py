@@ -37,7 +37,9 @@ DEVICES = 2
 FAULT_STEP = 150
 PRETRAIN_STEPS = 100
 QUICKSTART = ["--gin_file=quickstart.gin"]
-OBSERVE_ONLY = ["--gin.DivergenceConfig.loss_z=1e9", "--gin.DivergenceConfig.grad_norm_z=1e9"]
+OBSERVE_ONLY = [f"--gin.DivergenceConfig.{z}=1e9" for z in ("loss_z", "grad_norm_z", "drift_z")]
+ONSET_RATIO = 1.1  # a fault shows once the loss exceeds the healthy run's on the same batch so
+HARMLESS_RATIO = 1.05  # a fault whose unchecked run ends below this x the healthy final loss
 
 
 def _finetune(peak: float, warmup: int) -> list[str]:
@@ -67,23 +69,35 @@ def healthy_runs(text: pathlib.Path) -> dict[str, list[str]]:
 @dataclasses.dataclass(frozen=True)
 class Fault:
     flags: tuple[str, ...]
-    first_step: int  # the first step whose update (or loss, for NaN) the fault touches
-    shows_at: int  # the first step whose loss can show it
+    first_step: int  # the first step whose loss or update the fault touches
+    abrupt: bool = True
 
 
 def _update_fault(factor: float) -> Fault:
     return Fault((f"--gin.FaultInjector.lr_factor_at_steps=({FAULT_STEP},)",
-                  f"--gin.FaultInjector.lr_factor={factor}"), FAULT_STEP, FAULT_STEP + 1)
+                  f"--gin.FaultInjector.lr_factor={factor}"), FAULT_STEP)
 
 
 FAULTS = {
-    "NaN batch": Fault((f"--gin.FaultInjector.nan_loss_at_steps=({FAULT_STEP},)",),
-                       FAULT_STEP, FAULT_STEP),
+    "NaN batch": Fault((f"--gin.FaultInjector.nan_loss_at_steps=({FAULT_STEP},)",), FAULT_STEP),
     "update x10": _update_fault(10), "update x100": _update_fault(100),
     "update x300": _update_fault(300),
     "lr growing 1000x": Fault(("--gin.FaultInjector.lr_ramp_steps=(120, 200)",
-                               "--gin.FaultInjector.lr_ramp_factor=1000"), 120, 121),
+                               "--gin.FaultInjector.lr_ramp_factor=1000"), 120, abrupt=False),
 }
+
+
+def onset(observed: dict, healthy: dict, fault: Fault) -> dict:
+    """Where the unchecked fault run first leaves the healthy run (same batches, same init)
+    by ONSET_RATIO, or is not finite; harmless when it ends within HARMLESS_RATIO."""
+    pairs = zip(observed["steps"], observed["loss"], healthy["loss"])
+    shows_at = next((step for step, loss, reference in pairs if step >= fault.first_step and (
+        loss is None or not math.isfinite(loss) or loss > ONSET_RATIO * reference)), None)
+    final_ratio = observed["loss"][-1] / healthy["loss"][-1]
+    non_finite = shows_at is not None and observed["loss"][
+        observed["steps"].index(shows_at)] is None
+    return {"shows_at": shows_at, "unchecked_final_ratio": final_ratio,
+            "diverges": shows_at is not None and (non_finite or final_ratio > HARMLESS_RATIO)}
 
 
 def add_arguments(parser) -> None:
@@ -130,16 +144,23 @@ def false_alarms(run: dict) -> dict:
             "stopped": run["exit_code"] != 0}
 
 
-def fault_outcome(run: dict, fault: Fault, healthy_final: float) -> dict:
-    skips = [r for r in run["records"] if r["action"] == "skipped_update"
-             and r["step"] >= fault.first_step]
-    rollbacks = [r["action"] for r in run["records"] if r["action"].startswith("rollback")]
-    final = run["loss"][-1]
-    return {"detected_at": skips[0]["step"] if skips else None,
-            "delay": skips[0]["step"] - fault.shows_at if skips else None,
-            "signal": skips[0]["signal"] if skips else None, "rollbacks": rollbacks,
-            "exit_code": run["exit_code"], "final_loss": final,
-            "final_vs_healthy": final / healthy_final if final else None}
+def first_flag(steps, flags, fault: Fault) -> int | None:
+    return next((step for step, flag in zip(steps, flags) if flag and step >= fault.first_step),
+                None)
+
+
+def fault_outcome(run: dict, fault: Fault, shown: dict, healthy_final: float) -> dict:
+    """What the detector did with the fault: detection step and delay after the onset, the
+    signal, the ladder's rollbacks, the exit code and the final loss over the healthy one."""
+    skips = [r for r in run["records"] if r["action"] == "skipped_update"]
+    detected = first_flag([r["step"] for r in skips], [True] * len(skips), fault)
+    signal = next((r["signal"] for r in skips if r["step"] == detected), None)
+    return {**shown, "detected_at": detected, "signal": signal,
+            "delay": None if detected is None or shown["shows_at"] is None
+            else detected - shown["shows_at"],
+            "rollbacks": [r["action"] for r in run["records"]
+                          if r["action"].startswith("rollback")],
+            "exit_code": run["exit_code"], "final_vs_healthy": run["loss"][-1] / healthy_final}
 
 
 def previous_rule(losses, grad_norms, window=100, min_history=20, z=6.0, ratio=1.5) -> list:
@@ -183,7 +204,8 @@ def replay(losses, grad_norms, cfg) -> list:
 
 
 def variants() -> dict:
-    """The defaults beside tighter and looser thresholds and other horizons."""
+    """The defaults beside tighter and looser thresholds and other horizons (drift_z=1e+09:
+    no drift rule; grad norm alone: a gradient-norm spike counts without a raised loss)."""
     from t5x_lite.divergence import DivergenceConfig
     base = DivergenceConfig()
     return {"defaults": base,
@@ -191,13 +213,16 @@ def variants() -> dict:
             **{f"loss_ratio={r:g}": dataclasses.replace(base, loss_ratio=r)
                for r in (1.05, 1.1, 1.5)},
             **{f"horizon={h}": dataclasses.replace(base, horizon=h) for h in (20, 100)},
+            **{f"drift_z={z:g}": dataclasses.replace(base, drift_z=z) for z in (6.0, 1e9)},
+            "drift_ratio=1.05": dataclasses.replace(base, drift_ratio=1.05),
             "grad norm alone": dataclasses.replace(base, raised_loss_z=-1e9,
                                                    raised_loss_ratio=1e-9)}
 
 
-def replay_table(healthy: dict[str, dict], observed: dict[str, dict]) -> list[dict]:
+def replay_table(healthy: dict[str, dict], observed: dict[str, dict],
+                 onsets: dict[str, dict]) -> list[dict]:
     """For each detector: flagged steps over the healthy traces, the longest streak, and
-    the delay on each observed fault (None: never flagged)."""
+    the delay after the onset of each fault that diverges (None: never flagged)."""
     def summary(name, codes_of):
         flagged, longest = 0, 0
         for run in healthy.values():
@@ -206,10 +231,9 @@ def replay_table(healthy: dict[str, dict], observed: dict[str, dict]) -> list[di
             longest = max(longest, _longest_streak(codes))
         delays = {}
         for fault_name, run in observed.items():
-            fault = FAULTS[fault_name]
-            codes = codes_of(run)
-            hits = [s for s, c in zip(run["steps"], codes) if c and s >= fault.first_step]
-            delays[fault_name] = hits[0] - fault.shows_at if hits else None
+            if onsets[fault_name]["diverges"]:
+                hit = first_flag(run["steps"], codes_of(run), FAULTS[fault_name])
+                delays[fault_name] = None if hit is None else hit - onsets[fault_name]["shows_at"]
         return {"detector": name, "healthy_flagged": flagged, "longest_streak": longest,
                 "delays": delays}
     rows = [summary("previous rule", lambda run: previous_rule(run["loss"], run["grad_norm"]))]
@@ -236,50 +260,70 @@ def measure(args) -> dict:
         train("pretrained", [*QUICKSTART, f"--gin.TRAIN_STEPS={PRETRAIN_STEPS}"], work, logs)
         healthy = {name: train(name, flags, work, logs)
                    for name, flags in healthy_runs(args.text).items()
-                   if chosen is None or name in chosen}
-        if "quickstart" not in healthy:
-            healthy["quickstart"] = train("quickstart", QUICKSTART, work, logs)
+                   if chosen is None or name in chosen or name == "quickstart"}
         faults, observed = {}, {}
         for name, fault in FAULTS.items():
             if chosen is None or name in chosen:
                 faults[name] = train(name, [*QUICKSTART, *fault.flags], work, logs)
-                observed[name] = train(f"{name}, observed", [*QUICKSTART, *fault.flags,
-                                                             *OBSERVE_ONLY], work, logs)
+                observed[name] = train(f"{name}, unchecked",
+                                       [*QUICKSTART, *fault.flags, *OBSERVE_ONLY], work, logs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    healthy_final = healthy["quickstart"]["loss"][-1]
-    alarms = {name: false_alarms(run) for name, run in healthy.items()}
-    outcomes = {name: fault_outcome(run, FAULTS[name], healthy_final)
+    reference = healthy["quickstart"]
+    onsets = {name: onset(observed[name], reference, FAULTS[name]) for name in faults}
+    outcomes = {name: fault_outcome(run, FAULTS[name], onsets[name], reference["loss"][-1])
                 for name, run in faults.items()}
-    escalations = sum(a["rollbacks"] + a["stopped"] + max(a["skipped"] - 1, 0)
-                      for a in alarms.values())
-    delays = [o["delay"] for o in outcomes.values()]
-    worst = max((d for d in delays if d is not None), default=None)
-    recovered = all(o["exit_code"] == 0 for o in outcomes.values())
+    alarms = {name: false_alarms(run) for name, run in healthy.items()}
     return {
         "healthy": alarms, "faults": outcomes, "fault_step": FAULT_STEP,
-        "replay": replay_table(healthy, observed),
-        "traces": {"healthy": healthy, "observed": observed},
-        "versions": harness.versions(),
-        "targets": [
-            harness.target("escalations beyond one skipped step, healthy runs", escalations,
-                           "0", escalations == 0),
-            harness.target("worst detection delay, injected faults (steps)", worst, "<= 2",
-                           None not in delays and worst <= 2 if delays else None),
-            harness.target("fault runs completed", sum(o["exit_code"] == 0
-                                                       for o in outcomes.values()),
-                           f"all {len(outcomes)}", recovered)],
+        "replay": replay_table(healthy, observed, onsets),
+        "traces": {"healthy": healthy, "unchecked": observed},
+        "versions": harness.versions(), "targets": targets(alarms, outcomes),
     }
+
+
+def targets(alarms: dict, outcomes: dict) -> list[dict]:
+    escalations = sum(a["rollbacks"] + a["stopped"] + max(a["skipped"] - 1, 0)
+                      for a in alarms.values())
+    diverging = {name: o for name, o in outcomes.items() if o["diverges"]}
+
+    def worst(abrupt: bool):
+        delays = [o["delay"] for name, o in diverging.items() if FAULTS[name].abrupt == abrupt]
+        if not delays:
+            return None, None
+        if None in delays:
+            return "missed", False
+        return max(delays), max(delays) <= 2
+    abrupt_delay, abrupt_met = worst(True)
+    slow_delay, slow_met = worst(False)
+    completed = sum(o["exit_code"] == 0 for o in outcomes.values())
+    return [
+        harness.target("escalations beyond one skipped step, healthy runs", escalations, "0",
+                       escalations == 0),
+        harness.target("worst detection delay, abrupt faults (steps)", abrupt_delay, "<= 2",
+                       abrupt_met),
+        harness.target("detection delay, slowly growing learning rate (steps)", slow_delay,
+                       "<= 2", slow_met),
+        harness.target("fault runs completed", completed, f"all {len(outcomes)}",
+                       completed == len(outcomes))]
 
 
 HEALTHY_COLUMNS = ("healthy run", "steps", "skipped steps", "rollbacks", "stopped",
                    "final loss")
-FAULT_COLUMNS = ("fault (quickstart)", "loss shows it at step", "detected at", "delay",
-                 "signal", "ladder", "exit code", "final loss / healthy")
+FAULT_COLUMNS = ("fault (quickstart)", "unchecked: shows at, final / healthy", "detected at",
+                 "delay", "signal", "ladder", "exit code", "final / healthy")
 
 
 def _delay_cell(delay) -> str:
     return "missed" if delay is None else str(delay)
+
+
+def _fault_row(name: str, o: dict) -> tuple:
+    shown = (f"{o['shows_at']}, {o['unchecked_final_ratio']:.3f}" if o["shows_at"]
+             else "never")
+    delay = _delay_cell(o["delay"]) if o["diverges"] else "harmless"
+    return (name, shown, o["detected_at"] or "—", delay, o["signal"] or "—",
+            ", ".join(o["rollbacks"]) or "—", o["exit_code"], f"{o['final_vs_healthy']:.3f}")
 
 
 def section(result: dict) -> str:
@@ -288,25 +332,28 @@ def section(result: dict) -> str:
                      "yes" if a["stopped"] else "no",
                      markdown.cell(traces["healthy"][name]["loss"][-1]))
                     for name, a in result["healthy"].items()]
-    fault_rows = [(name, FAULTS[name].shows_at, o["detected_at"] or "—", _delay_cell(o["delay"]),
-                   o["signal"] or "—", ", ".join(o["rollbacks"]) or "skips only",
-                   o["exit_code"], markdown.cell(o["final_vs_healthy"]))
-                  for name, o in result["faults"].items()]
-    fault_names = list(result["faults"])
+    fault_rows = [_fault_row(name, o) for name, o in result["faults"].items()]
+    diverging = [name for name, o in result["faults"].items() if o["diverges"]]
     replay_rows = [(row["detector"], row["healthy_flagged"], row["longest_streak"],
-                    *(_delay_cell(row["delays"].get(name)) for name in fault_names))
+                    *(_delay_cell(row["delays"].get(name)) for name in diverging))
                    for row in result["replay"]]
     lines = [
         markdown.provenance(result, f"jax {result['versions']['jax']}."), "",
         "Each run is `t5x_lite train` with the defaults, logging every step; fine-tunes start "
         f"from a {PRETRAIN_STEPS}-step quickstart checkpoint.", "",
         markdown.table(HEALTHY_COLUMNS, healthy_rows), "",
-        f"Faults injected into the quickstart (300 steps) at step {result['fault_step']}:", "",
-        markdown.table(FAULT_COLUMNS, fault_rows, align="lrrrlllr"), "",
-        "Replayed over the traces (the healthy runs above, and each fault run again with "
-        "the detector only observing): steps flagged on all healthy runs together, the "
-        "longest run of consecutive flags (rollback at 5), and the delay on each fault.", "",
-        markdown.table(("detector", "healthy flagged", "longest streak", *fault_names),
+        f"Faults injected into the quickstart (300 steps) at step {result['fault_step']} (the "
+        "ramp: steps 120-200). Each also ran unchecked (thresholds out of reach): a fault shows "
+        f"at the first step whose loss exceeds the healthy quickstart's on the same batch by "
+        f"{ONSET_RATIO:g}x (or is not finite); it is harmless when the unchecked run ends "
+        f"within {HARMLESS_RATIO:g}x of the healthy final loss. Delay: first skipped step "
+        "minus the step it shows at.", "",
+        markdown.table(FAULT_COLUMNS, fault_rows, align="llrrlllr"), "",
+        "Replayed with `divergence.assess` over the traces (the healthy runs above; the "
+        "unchecked fault runs): steps flagged on all healthy runs together, the longest run "
+        "of consecutive flags (a rollback takes 5), and the delay on each fault that "
+        "diverges. Variants change one default.", "",
+        markdown.table(("detector", "healthy flagged", "longest streak", *diverging),
                        replay_rows), "",
         markdown.targets_line(result["targets"]),
     ]
