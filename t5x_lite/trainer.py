@@ -269,11 +269,11 @@ def _roll_back(run: Run, ctx: _LoopContext, step: int, rollback: Rollback):
         run.checkpointer.wait()
         restored = run.checkpointer.restore_latest(run.abstract, run.shardings,
                                                    before=rollback.before)
-        if restored is None:
-            restored_step, state, position, target = 0, ctx.initial_state(), 0, "initial_state"
-        else:
-            restored_step, state, meta = restored
-            position, target = int(meta["data_position"]), f"step_{restored_step}"
+    if restored is None:
+        restored_step, state, position, target = 0, ctx.initial_state(), 0, "initial_state"
+    else:
+        restored_step, state, meta = restored
+        position, target = int(meta["data_position"]), f"step_{restored_step}"
     if rollback.lower_lr:
         health = {**state["health"], "lr_scale": state["health"]["lr_scale"]
                   * ctx.divergence.lr_factor}
