@@ -308,6 +308,27 @@ def targets(alarms: dict, outcomes: dict) -> list[dict]:
                        completed == len(outcomes))]
 
 
+NOTES = """\
+- The previous rule, run for real rather than replayed, ends the fine-tune at lr 1e-3 with
+  exit code 77: its first gradient-norm spike (step 43, 24 against about 3) is skipped, the
+  parameters stay where every next batch spikes again, flagged values never enter its
+  window, and five skips with no checkpoint stopped the run. With the defaults nothing is
+  flagged and it ends at a loss of 0.13: its gradient norm jumps between 1.7 and 33 over
+  steps 40-56 while its loss keeps falling. In the replay above the previous rule's flags
+  do not lock in like that, so its count understates what it did.
+- A gradient-norm spike counted on its own, without a raised loss, flags 21 healthy steps, up to 4 in
+  a row; joined to a raised loss it flags none and loses no detection here.
+- A single update x10 raises the next loss by 12% and the run recovers by itself (final loss
+  within 0.5% of the healthy run); flagging it would cost skips or a rollback for nothing.
+- The slowly growing learning rate is the goal not met: no single step stands out (each
+  loss is within the batch-to-batch noise of the last), so it is caught by the drift rule
+  when the 10-step moving loss stands 10% and 8 noise deviations above its lowest value,
+  15 steps after the loss first stands 10% above the healthy run's on the same batch.
+  Catching it within 2 steps would take thresholds inside the noise of the batch-4 and
+  instruction runs (the batch-4 moving loss rises up to 9% and 5.8 deviations above its
+  low)."""
+
+
 HEALTHY_COLUMNS = ("healthy run", "steps", "skipped steps", "rollbacks", "stopped",
                    "final loss")
 FAULT_COLUMNS = ("fault (quickstart)", "unchecked: shows at, final / healthy", "detected at",
@@ -355,7 +376,8 @@ def section(result: dict) -> str:
         "diverges. Variants change one default.", "",
         markdown.table(("detector", "healthy flagged", "longest streak", *diverging),
                        replay_rows), "",
-        markdown.targets_line(result["targets"]),
+        markdown.targets_line(result["targets"]), "",
+        NOTES,
     ]
     return "\n".join(lines) + "\n"
 
