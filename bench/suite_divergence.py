@@ -316,8 +316,8 @@ NOTES = """\
   flagged and it ends at a loss of 0.13: its gradient norm jumps between 1.7 and 33 over
   steps 40-56 while its loss keeps falling. In the replay above the previous rule's flags
   do not lock in like that, so its count understates what it did.
-- A gradient-norm spike counted on its own, without a raised loss, flags 21 healthy steps, up to 4 in
-  a row; joined to a raised loss it flags none and loses no detection here.
+- A gradient-norm spike counted on its own, without a raised loss, flags 21 healthy steps,
+  up to 4 in a row; joined to a raised loss it flags none and loses no detection here.
 - A single update x10 raises the next loss by 12% and the run recovers by itself (final loss
   within 0.5% of the healthy run); flagging it would cost skips or a rollback for nothing.
 - The slowly growing learning rate is the goal not met: no single step stands out (each
