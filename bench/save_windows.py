@@ -1,10 +1,10 @@
 """The step time around each checkpoint save, from a run's logged intervals.
 
 The trainer's tokens/s clock stops inside checkpoint blocks, so a logged interval holds
-the steps' own time. Around a save at step s, the interval ending at s is short (the
-block waited for step s to finish) and the next ones are long (the background write
-competes with the steps). Their sum against the run's clean step time is the time a
-save adds outside its block.
+the steps' own time (step s finishes before the block of its save begins). Around a save
+at step s, the intervals after it are long (the background write competes with the
+steps). Their sum against the run's clean step time is the time a save adds outside its
+block.
 """
 
 import pathlib

@@ -172,8 +172,8 @@ DEFINITIONS = """\
   save; torch: batch x 64 / median step time (steps 11 on, evals are not inside a step).
 - tokens/s (overall): tokens / time summed over those same training steps (t5x_lite: the kept
   intervals; torch: steps 11 on), i.e. a mean over training steps without compile or evals.
-- step time ms: batch x 64 / tokens/s (median). compile s: t5x_lite's step 1 (compile, first
-  batch and one step); the eager reference has none.
+- step time ms: batch x 64 / tokens/s (median). compile s: t5x_lite's goodput `compile` (the
+  first batch and the dispatch of step 1, which compiles it); the eager reference has none.
 - val loss: after the same tokens on both sides (same steps, batch 12 x 64), on the last 10%
   of the text (torch: 200 random 64-byte windows; t5x_lite: 140 packed rows of 64).
 - MFU: model FLOPs (6 x matmul params + attention, t5x_lite's accounting for both models) /

@@ -181,7 +181,7 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
     off the interval, its metrics are written, and `Preempted` is raised.
     """
     step = int(jax.device_get(state["step"]))
-    meter = _Throughput(step, ctx.tokens_per_step, run.goodput.outside_blocks())
+    meter = _Throughput(ctx.tokens_per_step, run.goodput.outside_blocks)
     ladder = DivergenceLadder(ctx.divergence, run.recovery)
     batches, pending, logged = ctx.batches_from(position), None, {}
     run.goodput.start_steps(step)
@@ -189,12 +189,14 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
         batch = _global_batch(next(batches), run.batch_sharding)
         profiler.before_step(step + 1)
         state, step_metrics = ctx.train_step(state, batch, np.int32(position))
+        meter.start()  # after the first dispatch, which compiled the step
         step, position = step + 1, position + 1
         profiler.after_step(step, step_metrics)
         ctx.faults.maybe_hang(step, run.model_dir)
         run.goodput.step(step, ctx.redo_until)
         if pending is not None:
             rollback = ladder.observe(pending[0], int(jax.device_get(pending[1]["anomaly"])))
+            meter.completed()
             if _should_log(pending[0], ctx):
                 logged = _log(run, ctx, *pending, meter)
             if rollback:
@@ -203,15 +205,20 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
                 step, batches, pending = rolled_back_to, ctx.batches_from(position), None
                 continue
         pending = (step, step_metrics)
+        if _evaluation_due(ctx, step):
+            _finish(step_metrics)
         with run.goodput.spend("evaluation"):
             _maybe_evaluate(run, ctx, step, state["params"], eval_batches)
         stop = preemption.should_stop()
+        force_save = stop or step == ctx.train_steps
+        if run.checkpointer.due(step, force_save):
+            _finish(step_metrics)
         with run.goodput.spend("checkpointing"):
-            _save_if_healthy(run, step, state, position, ladder,
-                             force=stop or step == ctx.train_steps)
+            _save_if_healthy(run, step, state, position, ladder, force=force_save)
             ctx.faults.maybe_corrupt_checkpoint(step, run.model_dir, run.checkpointer)
         ctx.faults.maybe_signal(step, run.model_dir)
         if stop:
+            meter.completed()  # the save waited for it
             _log(run, ctx, *pending, meter)
             with run.goodput.spend("checkpointing"):
                 run.checkpointer.wait()
@@ -219,12 +226,25 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
         watchdog.beat()
     if pending is not None:
         ladder.observe(pending[0], int(jax.device_get(pending[1]["anomaly"])))
+        meter.completed()
         logged = _log(run, ctx, *pending, meter)
     return logged
 
 
+def _finish(step_metrics) -> None:
+    """Waits for the step outside the `Goodput.spend` block that would otherwise wait for it
+    (an eval or a save reads the new state), so its compute stays on the tokens/s clock.
+    Only where that block is due: the block would have synchronized anyway."""
+    jax.block_until_ready(step_metrics)
+
+
 def _due(step: int, every: int | None, ctx: _LoopContext) -> bool:
     return bool(every) and (step % every == 0 or step == ctx.train_steps)
+
+
+def _evaluation_due(ctx: _LoopContext, step: int) -> bool:
+    return _due(step, ctx.eval_every, ctx) or bool(ctx.task_eval) and _due(
+        step, ctx.task_eval_every, ctx)
 
 
 def _maybe_evaluate(run: Run, ctx: _LoopContext, step: int, params, eval_batches) -> None:
@@ -290,21 +310,36 @@ def _should_log(step: int, ctx: _LoopContext) -> bool:
 
 
 class _Throughput:
-    """Tokens per second of training between consecutive logged steps, on a clock that
-    stops during evaluation, checkpoint saves and restores (`Goodput.spend` blocks)."""
+    """Tokens per second of completed steps between consecutive logged steps.
 
-    def __init__(self, step: int, tokens_per_step: int, seconds: float):
-        self.step, self.seconds, self.tokens_per_step = step, seconds, tokens_per_step
+    The clock (`Goodput.outside_blocks`) stops during evaluation, checkpoint saves and
+    restores. It starts once the loop's first step is dispatched, so the compile of that
+    step is not in the first interval; a step counts once its metrics were fetched (the
+    fetch waits for the step), and each measurement is taken right after such a fetch. So
+    an interval holds the work of the steps it counts, and no step that is still running.
+    """
 
-    def tokens_per_second(self, step: int, seconds: float) -> float:
-        rate = (step - self.step) * self.tokens_per_step / max(seconds - self.seconds, 1e-9)
-        self.step, self.seconds = step, seconds
+    def __init__(self, tokens_per_step: int, clock):
+        self.tokens_per_step, self.clock = tokens_per_step, clock
+        self.since, self.steps = None, 0
+
+    def start(self) -> None:
+        if self.since is None:
+            self.since = self.clock()
+
+    def completed(self) -> None:
+        self.steps += 1
+
+    def tokens_per_second(self) -> float:
+        now = self.clock()
+        rate = self.steps * self.tokens_per_step / max(now - self.since, 1e-9)
+        self.since, self.steps = now, 0
         return rate
 
 
 def _log(run: Run, ctx: _LoopContext, step: int, step_metrics, meter: _Throughput) -> dict:
     values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-    tokens_per_second = meter.tokens_per_second(step, run.goodput.outside_blocks())
+    tokens_per_second = meter.tokens_per_second()
     scalars = {"loss": values["loss"], "learning_rate": values["learning_rate"],
                "grad_norm": values["grad_norm"], "z_loss": values["z_loss"],
                "tokens_per_second": tokens_per_second,

@@ -42,6 +42,16 @@ def test_run_writes_its_records(quickstart_dir):
     assert sorted(os.listdir(quickstart_dir / "checkpoints" )) == ["20", "40"]
 
 
+def test_throughput_counts_completed_steps_only(quickstart_dir):
+    """Every step is logged, and the steps before a save or an eval (20, 40) finish inside
+    blocks that the tokens/s clock skips: only completed work counts, never above peak."""
+    records = [r for r in read_metrics(quickstart_dir) if "tokens_per_second" in r]
+    assert [r["step"] for r in records] == list(range(1, 41))
+    for record in records:
+        assert record["tokens_per_second"] > 0, record
+        assert record["mfu"] < 1.0, record
+
+
 def test_finished_run_restarts_without_training(quickstart_dir):
     result = run_cli(train_command(quickstart_dir, 40))
     assert result.returncode == 0, result.stderr[-2000:]
