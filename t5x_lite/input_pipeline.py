@@ -58,6 +58,23 @@ class DataConfig:
         return sum(self.task_feature_lengths.values())
 
 
+def validate(cfg: DataConfig, process_index: int, process_count: int) -> None:
+    """Raises ConfigError for a batch size or feature length that is not a positive integer,
+    and for a batch that the data shards and processes cannot split (before a run writes)."""
+    batch_size = cfg.global_batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"BATCH_SIZE={batch_size!r} (DataConfig.global_batch_size) must be a "
+                          "positive number of rows per step: set BATCH_SIZE to 1 or more, "
+                          "e.g. --gin.BATCH_SIZE=32.")
+    lengths = dict(cfg.task_feature_lengths)
+    for name, length in lengths.items():
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ConfigError(f"TASK_FEATURE_LENGTHS={lengths} (DataConfig.task_feature_lengths) "
+                              f"gives '{name}' the length {length!r}: each length must be a "
+                              "positive number of tokens; set it like {'targets': 256}.")
+    _owned_shards(cfg, process_index, process_count)
+
+
 def output_vocabulary(mixture_or_task_name: str) -> seqio.Vocabulary:
     """The vocabulary of the 'targets' feature."""
     return _provider(mixture_or_task_name).output_features["targets"].vocabulary

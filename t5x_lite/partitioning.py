@@ -117,6 +117,12 @@ def _mesh_axes_for(name: str | None, rules: Rules) -> tuple[str, ...]:
     return ()
 
 
+def logical_axis_sizes(name: str, mesh: Mesh, rules: Rules) -> dict[str, int]:
+    """The mesh axes that `rules` split logical axis `name` over, with their sizes (with a
+    DCN mesh, each size is the product over slices)."""
+    return {axis: mesh.shape[axis] for axis in _mesh_axes_for(name, rules)}
+
+
 def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
                     mesh: Mesh, rules: Rules) -> PartitionSpec:
     """PartitionSpec for an array of `shape` whose dims carry `logical_axes`."""

@@ -5,11 +5,13 @@ for a mesh the host does not have.
 """
 
 import dataclasses
+import math
 
 from jax.sharding import Mesh, NamedSharding
 
 from t5x_lite import optim, partitioning, steps
 from t5x_lite.divergence import DivergenceConfig
+from t5x_lite.errors import ConfigError
 from t5x_lite.faults import FaultInjector
 from t5x_lite.models.config import DecoderConfig
 from t5x_lite.train_state import ModelSpec, state_shardings
@@ -70,3 +72,27 @@ def build_setup(model_config: DecoderConfig, data, num_microbatches: int,
                       batch_sharding, activation_rules, data.global_batch_size,
                       data.sequence_length, num_microbatches, FaultInjector(),
                       DivergenceConfig())
+
+
+def check_batch_layout(setup: TrainSetup) -> None:
+    """The batch's rows, and each microbatch's, must split evenly over the devices that the
+    activation rules shard `batch` over (data x fsdp by default); where they do not, the
+    batch would silently be replicated on every device instead."""
+    axes = partitioning.logical_axis_sizes("batch", setup.mesh, setup.activation_rules)
+    devices, rows, micro = math.prod(axes.values()), setup.global_batch_size, setup.num_microbatches
+    if micro < 1:
+        raise ConfigError(f"train.num_microbatches={micro} must be at least 1.")
+    if rows % (devices * micro) == 0:
+        return
+    mesh = " x ".join(f"{axis} {size}" for axis, size in axes.items())
+    if micro == 1:
+        raise ConfigError(
+            f"BATCH_SIZE={rows} does not split evenly over the {devices} data-parallel devices "
+            f"of the mesh ({mesh}): set BATCH_SIZE to a multiple of {devices}, or change the "
+            "mesh (MESH_SHAPE, DCN_MESH_SHAPE).")
+    raise ConfigError(
+        f"BATCH_SIZE={rows} in train.num_microbatches={micro} microbatches does not split each "
+        f"microbatch evenly over the {devices} data-parallel devices of the mesh ({mesh}): set "
+        f"BATCH_SIZE to a multiple of {devices * micro} ({devices} devices x {micro} "
+        "microbatches), or change train.num_microbatches or the mesh (MESH_SHAPE, "
+        "DCN_MESH_SHAPE).")

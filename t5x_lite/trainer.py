@@ -13,13 +13,14 @@ from t5x_lite import metrics as metrics_lib
 from t5x_lite import partitioning, steps
 from t5x_lite.checkpointing import CheckpointConfig, Checkpointer, restore_params
 from t5x_lite.divergence import DivergenceConfig
+from t5x_lite.errors import ConfigError
 from t5x_lite.faults import FaultInjector
 from t5x_lite.goodput import Goodput
 from t5x_lite.models.config import DecoderConfig
 from t5x_lite.preemption import Preempted, PreemptionWatch
 from t5x_lite.profiler import ProfileConfig, StepProfiler
 from t5x_lite.recovery import DivergenceLadder, RecoveryLog, Rollback
-from t5x_lite.train_setup import build_setup
+from t5x_lite.train_setup import build_setup, check_batch_layout
 from t5x_lite.train_state import ModelSpec, init_state
 from t5x_lite.watchdog import Watchdog, WatchdogConfig
 
@@ -100,18 +101,23 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
 
     goodput = Goodput()
     model_dir = os.path.abspath(model_dir)
+    # Bad input is refused before anything is written under MODEL_DIR.
+    _check_model_dir(model_dir)
+    _check_train_steps(train_steps)
+    input_pipeline.validate(data, jax.process_index(), jax.process_count())
     vocab = input_pipeline.output_vocabulary(data.mixture_or_task_name)
     mesh = partitioning.create_mesh(mesh_shape, dcn_mesh_shape=dcn_mesh_shape)
     setup = build_setup(model_config.with_vocab(vocab.vocab_size), data, num_microbatches, mesh)
+    check_batch_layout(setup)
     run = Run(model_dir, setup.spec, mesh, setup.shardings, setup.batch_sharding,
               setup.abstract,
               Checkpointer(model_dir, checkpoint, setup.divergence.rollback_margin),
               RecoveryLog(model_dir), goodput)
-    _write_config(model_dir)
 
     with partitioning.activation_sharding(mesh, setup.activation_rules):
         initial_state = functools.partial(_initial_state, run, setup.optimizer, seed,
                                           initial_checkpoint_path)
+        _write_config(model_dir)
         state, position, origin = _restore_or_init(run, initial_state)
         train_step = setup.train_step()
         eval_step = steps.make_eval_step(setup.spec, setup.shardings["params"],
@@ -351,6 +357,23 @@ def _log(run: Run, ctx: _LoopContext, step: int, step_metrics, meter: _Throughpu
 
 def _param_count(abstract_params) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(abstract_params))
+
+
+def _check_model_dir(model_dir: str) -> None:
+    """MODEL_DIR must be a directory, or a path where one can be made."""
+    path = model_dir
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        where = "is a file" if path == model_dir else f"is under {path}, which is a file"
+        raise ConfigError(f"MODEL_DIR={model_dir} {where}, not a directory: point MODEL_DIR "
+                          "at a new or existing directory.")
+
+
+def _check_train_steps(train_steps: int) -> None:
+    if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
+        raise ConfigError(f"TRAIN_STEPS={train_steps!r} (train.train_steps) must be a positive "
+                          "step count, the step to train to: set TRAIN_STEPS to 1 or more.")
 
 
 def _write_config(model_dir: str) -> None:

@@ -100,6 +100,29 @@ def test_bad_mesh_shape(tmp_path):
     assert_one_line_error(result, "train", "MESH_SHAPE=(3, 1, 1) does not fit 2 devices")
 
 
+@pytest.mark.parametrize("steps, extra, fragments", [
+    (2, ["--gin.BATCH_SIZE=-8"], ["BATCH_SIZE=-8", "positive"]),
+    (2, ["--gin.TASK_FEATURE_LENGTHS={'targets': 0}"], ["TASK_FEATURE_LENGTHS=", "length 0"]),
+    (0, [], ["TRAIN_STEPS=0", "positive"]),
+    (2, ["--gin.BATCH_SIZE=3"], ["BATCH_SIZE=3", "2 data-parallel devices", "multiple of 2"]),
+    (2, ["--gin.BATCH_SIZE=4", "--gin.train.num_microbatches=4"],
+     ["BATCH_SIZE=4", "num_microbatches=4", "multiple of 8"]),
+], ids=["batch_size", "feature_length", "train_steps", "batch_over_mesh", "microbatches"])
+def test_bad_numbers_write_nothing(tmp_path, steps, extra, fragments):
+    model_dir = tmp_path / "run"
+    result = run_cli(train_command(model_dir, steps, *extra))
+    assert_one_line_error(result, "train", *fragments)
+    assert not model_dir.exists()
+
+
+def test_model_dir_that_is_a_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("keep me")
+    result = run_cli(train_command(path, 2))
+    assert_one_line_error(result, "train", f"MODEL_DIR={path} is a file")
+    assert path.read_text() == "keep me" and os.listdir(tmp_path) == ["notes.txt"]
+
+
 def test_unknown_command():
     import sys
     result = run_cli([sys.executable, "-m", "t5x_lite", "trian"])
