@@ -75,6 +75,34 @@ def validate(cfg: DataConfig, process_index: int, process_count: int) -> None:
     _owned_shards(cfg, process_index, process_count)
 
 
+def position_meta(cfg: DataConfig) -> dict:
+    """What a data position counts: recorded with each checkpoint."""
+    return {"global_batch_size": cfg.global_batch_size,
+            "task_feature_lengths": dict(cfg.task_feature_lengths)}
+
+
+def check_resumable(cfg: DataConfig, step: int, meta: dict, model_dir: str) -> None:
+    """Raises ConfigError if checkpoint `step` (its `meta`) counted its data position in
+    batches of another size or row length than `cfg`. Older checkpoints record neither."""
+    saved_batch = meta.get("global_batch_size", cfg.global_batch_size)
+    saved_lengths = meta.get("task_feature_lengths", dict(cfg.task_feature_lengths))
+    lengths = dict(cfg.task_feature_lengths)
+    if saved_batch == cfg.global_batch_size and saved_lengths == lengths:
+        return
+    fixes = ([f"BATCH_SIZE={saved_batch}"] if saved_batch != cfg.global_batch_size else []) + (
+        [f"TASK_FEATURE_LENGTHS={saved_lengths}"] if saved_lengths != lengths else [])
+    raise ConfigError(
+        f"checkpoint step {step} in MODEL_DIR={model_dir} counted its data position in "
+        f"batches of {saved_batch} x {_row_tokens(saved_lengths)} tokens; this config has "
+        f"{cfg.global_batch_size} x {_row_tokens(lengths)}: resume with {' and '.join(fixes)}, "
+        "or start a new MODEL_DIR.")
+
+
+def _row_tokens(lengths: Mapping[str, int]) -> str:
+    """`32` for {'targets': 32}; the lengths themselves when there are inputs too."""
+    return str(lengths["targets"]) if list(lengths) == ["targets"] else str(dict(lengths))
+
+
 def output_vocabulary(mixture_or_task_name: str) -> seqio.Vocabulary:
     """The vocabulary of the 'targets' feature."""
     return _provider(mixture_or_task_name).output_features["targets"].vocabulary

@@ -38,6 +38,7 @@ class Run:
     checkpointer: Checkpointer
     recovery: RecoveryLog
     goodput: Goodput
+    data_meta: dict
     writer: metrics_lib.MetricsWriter | None = None
 
 
@@ -46,12 +47,15 @@ def _global_batch(local_batch: dict, sharding) -> dict:
             for key, value in local_batch.items()}
 
 
-def _restore_or_init(run: Run, initial_state):
-    """(state, data position, origin): latest in MODEL_DIR, else `initial_state()`."""
+def _restore_or_init(run: Run, initial_state, check_resumable):
+    """(state, data position, origin): latest in MODEL_DIR, else `initial_state()`.
+    `check_resumable(step, meta)` raises if the checkpoint's data position means
+    something else under this config."""
     with run.goodput.spend("restore"):
         restored = run.checkpointer.restore_latest(run.abstract, run.shardings)
     if restored is not None:
         step, state, meta = restored
+        check_resumable(step, meta)
         return state, int(meta["data_position"]), f"restored step {step}"
     state, origin = initial_state()
     return state, 0, origin
@@ -76,8 +80,10 @@ def _evaluate(eval_step, params, eval_batches) -> float:
     return loss_sum / max(weight_sum, 1.0)
 
 
-def _meta(cfg: DecoderConfig, data_position: int) -> dict:
-    return {"data_position": data_position, "scan_layers": cfg.scan_layers,
+def _meta(cfg: DecoderConfig, data_position: int, data_meta: dict | None = None) -> dict:
+    """A checkpoint's record; `data_meta` (input_pipeline.position_meta) says what the data
+    position counts."""
+    return {"data_position": data_position, **(data_meta or {}), "scan_layers": cfg.scan_layers,
             "model_config": dataclasses.asdict(cfg), "gin_config": gin.config_str()}
 
 
@@ -112,13 +118,15 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     run = Run(model_dir, setup.spec, mesh, setup.shardings, setup.batch_sharding,
               setup.abstract,
               Checkpointer(model_dir, checkpoint, setup.divergence.rollback_margin),
-              RecoveryLog(model_dir), goodput)
+              RecoveryLog(model_dir), goodput, input_pipeline.position_meta(data))
 
     with partitioning.activation_sharding(mesh, setup.activation_rules):
         initial_state = functools.partial(_initial_state, run, setup.optimizer, seed,
                                           initial_checkpoint_path)
+        state, position, origin = _restore_or_init(
+            run, initial_state, functools.partial(input_pipeline.check_resumable, data,
+                                                  model_dir=model_dir))
         _write_config(model_dir)
-        state, position, origin = _restore_or_init(run, initial_state)
         train_step = setup.train_step()
         eval_step = steps.make_eval_step(setup.spec, setup.shardings["params"],
                                          setup.batch_sharding)
@@ -284,7 +292,7 @@ def _save_if_healthy(run: Run, step: int, state, position: int, ladder: Divergen
     if not bool(jax.device_get(_all_finite(state["params"]))):
         run.recovery.record(step, "non_finite_params", "checkpoint_not_written")
         return
-    run.checkpointer.save(step, state, _meta(run.spec.cfg, position), force=True)
+    run.checkpointer.save(step, state, _meta(run.spec.cfg, position, run.data_meta), force=True)
     run.goodput.checkpointed(step)
 
 

@@ -64,6 +64,22 @@ def test_checkpoint_shape_mismatch(quickstart_dir):
                            "(4, 512, 128)")
 
 
+def _files(model_dir) -> dict[str, bytes]:
+    return {os.path.relpath(os.path.join(root, name), model_dir):
+            open(os.path.join(root, name), "rb").read()
+            for root, _, names in os.walk(model_dir) for name in names}
+
+
+def test_resume_with_another_batch_shape_is_refused(quickstart_dir):
+    before = _files(quickstart_dir)
+    result = run_cli(train_command(quickstart_dir, 41, "--gin.BATCH_SIZE=16",
+                                   "--gin.TASK_FEATURE_LENGTHS={'targets': 64}"))
+    assert_one_line_error(result, "train", "checkpoint step 40", "batches of 8 x 32 tokens",
+                          "this config has 16 x 64", "BATCH_SIZE=8",
+                          "TASK_FEATURE_LENGTHS={'targets': 32}", "start a new MODEL_DIR")
+    assert _files(quickstart_dir) == before
+
+
 def test_initial_checkpoint_starts_a_new_run_from_trained_params(quickstart_dir, tmp_path):
     initial = f"--gin.INITIAL_CHECKPOINT_PATH='{quickstart_dir}'"
     result = run_cli(train_command(tmp_path, 2, initial))
