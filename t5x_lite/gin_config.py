@@ -2,6 +2,8 @@
 T5X-style `--gin.KEY=VALUE` flags, and errors turned into one clear line."""
 
 import os
+import re
+import tokenize
 
 import gin
 from absl import logging
@@ -35,23 +37,42 @@ def rewrite_gin_args(argv: list[str]) -> list[str]:
     return rewritten
 
 
-def _one_line(error: Exception) -> str:
+def _one_line(error: Exception | str) -> str:
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
+def _describe(error: Exception) -> str:
+    """Gin's message on one line, without its echo of the binding or Python object reprs."""
+    if isinstance(error, tokenize.TokenError):
+        return "unexpected end of the text: an unclosed bracket or quote?"
+    text = str(error).split("\n  In bindings string")[0]
+    text = re.sub(r"malformed node or string on line \d+: <ast\.\w+ object at 0x[0-9a-f]+>\s*"
+                  r"(?=\S)", "", text)  # ast.literal_eval's part of a parse error
+    return _one_line(text)
+
+
+def _parse_one(parse_fn, source: str, what: str) -> None:
+    try:
+        parse_fn(source)
+    except OSError as error:
+        raise ConfigError(f"gin file not found: {_one_line(error)} Check --gin_file; "
+                          f"installed configs live in {installed_gin_dir()}.") from None
+    except (ValueError, SyntaxError, ImportError, tokenize.TokenError) as error:
+        raise ConfigError(f"bad {what}: {_describe(error)}") from None
+
+
 def parse(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
-    """Parses files then bindings; a missing file or bad binding raises ConfigError."""
+    """Parses files then bindings, one at a time, so that an error names its source;
+    a missing file or a bad file or binding raises ConfigError."""
     for path in [os.getcwd(), *search_paths, installed_gin_dir()]:
         gin.add_config_file_search_path(path)
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.FATAL)  # gin logs every search-path miss as an error
     try:
-        gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=False)
-    except OSError as error:
-        raise ConfigError(f"gin file not found: {_one_line(error)} Check --gin_file; "
-                          f"installed configs live in {installed_gin_dir()}.") from None
-    except (ValueError, SyntaxError) as error:
-        raise ConfigError(f"bad gin config: {_one_line(error)}") from None
+        for gin_file in gin_files:
+            _parse_one(gin.parse_config_file, gin_file, f"gin file {gin_file}")
+        for binding in bindings:
+            _parse_one(gin.parse_config, binding, f"gin binding '{binding}'")
     finally:
         logging.set_verbosity(verbosity)
 
