@@ -109,7 +109,7 @@ def infer_command(model_dir: str | None, step: int | None, prompts: list[str],
     """Decodes the prompts with the run's checkpoint and vocabulary; writes `output`."""
     from t5x_lite.hf.vocabulary import run_vocabulary
     if not model_dir or not output:
-        raise ConfigError("infer needs --model_dir=MODEL_DIR and --output=PATH.jsonl.")
+        raise ConfigError("infer needs --model_dir=MODEL_DIR and --out=PATH.jsonl.")
     prompts = read_prompts(prompts, prompts_file)
     sampling, rules = decoding.SamplingConfig(), partitioning.axis_rules()
     model = load(model_dir, step, mesh_shape, rules[0])

@@ -160,7 +160,7 @@ def plan_command(gin_files: list[str], mesh_arg: str | None, chip_arg: str | Non
                  mfu: float, output: str | None) -> None:
     """Prints the plan; with `output`, also writes it as JSON (only when it succeeds)."""
     if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        raise ConfigError(f"--output={output}: its folder does not exist.")
+        raise ConfigError(f"--out={output}: its folder does not exist.")
     report = plan(gin_files, mesh_arg, chip_arg, mfu)
     print(plan_report.format_text(report))
     if output:
