@@ -9,7 +9,7 @@ import sys
 
 from absl import app, flags, logging
 
-from t5x_lite import cli, gin_config
+from t5x_lite import cli, gin_config, quiet
 from t5x_lite.errors import EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, ConfigError
 
 
@@ -108,6 +108,8 @@ def _exit_with(command: str, message: str, code: int) -> None:
 
 def _main(args: argparse.Namespace) -> None:
     logging.set_verbosity(logging.WARNING)
+    if args.command != "supervise":  # the supervisor only watches; its child starts quietly
+        quiet.quiet_start()
     from t5x_lite.preemption import Preempted
     from t5x_lite.recovery import Diverged
     try:
@@ -130,7 +132,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def run() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet.set_tensorflow_log_level()
     app.run(_main, argv=sys.argv, flags_parser=_parse_args)
 
 
