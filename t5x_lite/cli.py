@@ -226,19 +226,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, CommandParser]]:
     return top, parsers
 
 
+def _split(name: str, argv: list[str]) -> tuple[list[str], list[str]]:
+    """The arguments for the parser, and the command that `supervise ... --` runs."""
+    if name == "supervise" and "--" in argv:
+        return argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    if name in GIN_COMMANDS:
+        return gin_config.rewrite_gin_args(argv), []
+    return argv, []
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     """Parses the arguments after the program name; exits 0 on --help, 2 on bad input."""
     top, parsers = build_parser()
     if not argv:
         top.print_help(sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
-    name, child = argv[0], []
+    name = argv[0]
     if name not in COMMANDS and name not in ("-h", "--help"):
         top.error(f"unknown command {name!r}; the commands are {', '.join(COMMANDS)}")
-    if name == "supervise" and "--" in argv:  # what follows `--` is the supervised command
-        argv, child = argv[:argv.index("--")], argv[argv.index("--") + 1:]
-    if name in GIN_COMMANDS:
-        argv = gin_config.rewrite_gin_args(argv)
+    argv, child = _split(name, argv)
     args, unknown = top.parse_known_args(argv)
     if unknown:
         hint = "; put the command to run after --" if name == "supervise" else ""
