@@ -42,5 +42,5 @@ setuptools.setup(
         "gpu": ["jax[cuda12]>=0.10.2,<0.12"],
         "tpu": ["jax[tpu]>=0.10.2,<0.12"],
     },
-    entry_points={"console_scripts": ["t5x_lite=t5x_lite.main:run"]},
+    entry_points={"console_scripts": ["t5x_lite=t5x_lite.cli.main:run"]},
 )

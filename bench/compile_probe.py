@@ -10,7 +10,8 @@ import json
 
 import jax
 
-from t5x_lite import aot, partitioning
+from t5x_lite.analysis import aot
+from t5x_lite.parallel import partitioning
 
 BINDINGS = ["TASK_FEATURE_LENGTHS = {'targets': 256}", "BATCH_SIZE = 8"]
 

@@ -137,8 +137,8 @@ def _compile_seconds(model_dir: pathlib.Path) -> float:
 
 def _t5x_lite_flops_per_token(model_dir: pathlib.Path, bindings: dict[str, str]) -> float:
     """The trainer's own FLOP accounting, for the resolved model config in the last checkpoint."""
-    from t5x_lite.metrics import train_flops_per_token
-    from t5x_lite.models.config import DecoderConfig
+    from t5x_lite.observe.metrics import train_flops_per_token
+    from t5x_lite.models.decoder.config import DecoderConfig
 
     metadata = sorted((model_dir / "checkpoints").glob("*/meta/metadata"),
                       key=lambda path: int(path.parts[-3]))

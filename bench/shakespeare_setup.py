@@ -10,8 +10,12 @@ def build(text: pathlib.Path):
     """(train_setup.TrainSetup, initial state, the meta a checkpoint of it carries)."""
     import gin
 
-    from t5x_lite import aot, gin_config, main, partitioning, trainer
-    from t5x_lite.train_state import init_state
+    from t5x_lite.analysis import aot
+    from t5x_lite.cli import main
+    from t5x_lite.config import gin_config
+    from t5x_lite.parallel import partitioning
+    from t5x_lite.train import trainer
+    from t5x_lite.train.state import init_state
 
     gin.clear_config()
     main.register_configurables()

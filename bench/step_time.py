@@ -8,7 +8,7 @@ Without --gin_file: the Shakespeare model (4 layers, width 128, 4 heads, context
 batch 12, float32, unrolled unless --scan). The mesh is (devices, 1, 1) unless --mesh says otherwise. Prints the
 fastest and the median of several windows of steps, reading each step's loss one step
 behind as the trainer does, and the model FLOPs utilization: FLOPs per token from the
-config (metrics.train_flops_per_token) over the chip's dense peak (t5x_lite/chips.py) or,
+config (metrics.train_flops_per_token) over the chip's dense peak (t5x_lite/analysis/chips.py) or,
 on CPU, a measured matmul rate; on CPU also the compiled step's matmul FLOPs over the
 config's count.
 """
@@ -24,10 +24,12 @@ import gin
 import jax
 import numpy as np
 
-from t5x_lite import hlo_stats, metrics, partitioning
-from t5x_lite.models.config import DecoderConfig
-from t5x_lite.train_setup import build_setup
-from t5x_lite.train_state import init_state
+from t5x_lite.analysis import hlo_stats
+from t5x_lite.observe import metrics
+from t5x_lite.parallel import partitioning
+from t5x_lite.models.decoder.config import DecoderConfig
+from t5x_lite.train.setup import build_setup
+from t5x_lite.train.state import init_state
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 # The model of gin/experiments/shakespeare_char.gin (byte vocabulary padded to 264).

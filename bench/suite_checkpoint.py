@@ -130,7 +130,7 @@ def per_save(runs: dict[str, list[dict]]) -> dict:
 
 def save_timings(args) -> dict:
     """Blocking and total milliseconds of saves of the Shakespeare train state."""
-    from t5x_lite.checkpointing import CheckpointConfig, Checkpointer
+    from t5x_lite.checkpoints.manager import CheckpointConfig, Checkpointer
 
     _, state, meta = shakespeare_setup.build(args.text)
     blocking, total = [], []

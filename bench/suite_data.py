@@ -3,7 +3,7 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python bench/suite_data.py \
         [--text PATH] [--batches 1000] [--skip_embedded] [--out bench/results/data.json]
 
-Times t5x_lite.input_pipeline.train_batches (one process, after a warm-up) on the
+Times t5x_lite.pipeline.input_pipeline.train_batches (one process, after a warm-up) on the
 Shakespeare Task with gin/experiments/shakespeare_char.gin (batch 12 x 64) and on the
 default embedded data at runs/pretrain.gin's batch and length; the jitted Shakespeare
 train step alone on one of those batches (bench/step_time.py's windows, on this
@@ -41,7 +41,9 @@ def data_config(name: str, text: pathlib.Path):
     """The DataConfig a `t5x_lite train` with that config would build."""
     import gin
 
-    from t5x_lite import gin_config, input_pipeline, main
+    from t5x_lite.cli import main
+    from t5x_lite.config import gin_config
+    from t5x_lite.pipeline import input_pipeline
 
     gin_files, bindings = CONFIGS[name]
     gin.clear_config()
@@ -53,7 +55,7 @@ def data_config(name: str, text: pathlib.Path):
 
 def pipeline_rate(cfg, batches: int, warmup: int) -> tuple[dict, dict]:
     """Batches/s of train_batches after `warmup` batches; the last batch read, for reuse."""
-    from t5x_lite import input_pipeline
+    from t5x_lite.pipeline import input_pipeline
 
     start = time.perf_counter()
     stream = input_pipeline.train_batches(cfg, 0, 0, 1)
@@ -76,7 +78,7 @@ def global_batch_cost(setup, batch: dict, repeats: int = 300) -> dict:
     """Milliseconds to turn one host batch into global arrays, as the trainer does."""
     import jax
 
-    from t5x_lite import trainer
+    from t5x_lite.train import trainer
 
     times = []
     for _ in range(repeats):
@@ -92,7 +94,7 @@ def step_consumption(setup, state, batch: dict, windows: int = 8, steps_per_wind
     import jax
     import step_time
 
-    from t5x_lite import partitioning
+    from t5x_lite.parallel import partitioning
 
     with partitioning.activation_sharding(setup.mesh, setup.activation_rules):
         train_step = setup.train_step()

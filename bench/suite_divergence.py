@@ -190,7 +190,7 @@ def replay(losses, grad_norms, cfg) -> list:
     """The anomaly code of each step under `cfg`, by the trainer's own `divergence.assess`."""
     import jax
     import jax.numpy as jnp
-    from t5x_lite import divergence
+    from t5x_lite.resilience import divergence
 
     def step(health, values):
         code, health = divergence.assess(health, values[0], values[1], cfg)
@@ -206,7 +206,7 @@ def replay(losses, grad_norms, cfg) -> list:
 def variants() -> dict:
     """The defaults beside tighter and looser thresholds and other horizons (drift_z=1e+09:
     no drift rule; grad norm alone: a gradient-norm spike counts without a raised loss)."""
-    from t5x_lite.divergence import DivergenceConfig
+    from t5x_lite.resilience.divergence import DivergenceConfig
     base = DivergenceConfig()
     return {"defaults": base,
             **{f"loss_z={z:g}": dataclasses.replace(base, loss_z=z) for z in (3.0, 4.0, 8.0)},

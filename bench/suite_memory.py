@@ -26,7 +26,8 @@ def add_arguments(parser) -> None:
 def _measure_mesh(gin_file: str, mesh_shape: tuple) -> dict:
     import jax
 
-    from t5x_lite import aot, partitioning, step_analysis
+    from t5x_lite.analysis import aot, step_analysis
+    from t5x_lite.parallel import partitioning
     if len(jax.devices()) < 8:
         raise harness.BenchError("needs 8 host devices: set XLA_FLAGS="
                                  "--xla_force_host_platform_device_count=8")
@@ -69,7 +70,7 @@ COLUMNS = ("mesh (data, fsdp, tensor)", "params MB", "optimizer MB", "params + o
 
 DEFINITIONS = """\
 Per device, MB = 1e6 bytes. Params and optimizer state come from the shardings' shard
-shapes (`t5x_lite.aot.state_bytes`); the compiled figures are XLA's buffer assignment of
+shapes (`t5x_lite.analysis.aot.state_bytes`); the compiled figures are XLA's buffer assignment of
 the CPU compile (`memory_analysis()`): arguments are the donated state plus the batch,
 temporaries are activations, gradients and workspace, total is arguments + outputs -
 aliased + temporaries. Temporaries shrink by little more than the gradients' share: both

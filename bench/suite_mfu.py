@@ -5,7 +5,7 @@
 For the Shakespeare, tiny and small models, with and without scan over layers, the
 train step is compiled from an abstract state on one host device and its FLOPs per
 token read three ways: metrics.train_flops_per_token (the config), the compiled
-step's matmuls with while loops times their trip counts (t5x_lite.hlo_stats), and
+step's matmuls with while loops times their trip counts (t5x_lite.analysis.hlo_stats), and
 XLA's cost_analysis (every op, but each loop body once). Also measures the CPU
 "peak" the trainer uses for MFU on CPU: a float32 matmul, at several sizes.
 """
@@ -46,7 +46,9 @@ def _text_file(args, scratch: str) -> str:
 
 
 def _row(model: str, scan: bool, gin_files: list[str], bindings: list[str]) -> dict:
-    from t5x_lite import aot, metrics, partitioning, step_analysis
+    from t5x_lite.analysis import aot, step_analysis
+    from t5x_lite.observe import metrics
+    from t5x_lite.parallel import partitioning
     setup = aot.setup_from_gin(gin_files, [*bindings, f"DecoderConfig.scan_layers = {scan}"],
                                partitioning.create_mesh((1, 1, 1)))
     analysis = step_analysis.analyze(setup, aot.compile_train_step(setup))
@@ -62,7 +64,7 @@ def _row(model: str, scan: bool, gin_files: list[str], bindings: list[str]) -> d
 
 
 def _peaks(sizes: list[int]) -> list[dict]:
-    from t5x_lite import metrics
+    from t5x_lite.observe import metrics
     return [{"size": size, "flops_per_second": metrics.measure_host_flops(size=size)}
             for size in sizes]
 

@@ -5,7 +5,7 @@ import functools
 import seqio
 import tensorflow as tf
 
-from t5x_lite import vocabularies
+from t5x_lite.pipeline import vocabularies
 from t5x_lite.errors import ConfigError
 
 from . import preprocessors

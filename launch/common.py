@@ -10,7 +10,7 @@ import shlex
 import subprocess
 import sys
 
-# Read by `t5x_lite train` (t5x_lite/distributed.py).
+# Read by `t5x_lite train` (t5x_lite/parallel/distributed.py).
 ENV_MODE = "T5X_LITE_DISTRIBUTED"
 ENV_COORDINATOR_ADDRESS = "T5X_LITE_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "T5X_LITE_NUM_PROCESSES"

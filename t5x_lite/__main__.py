@@ -1,3 +1,3 @@
-from t5x_lite.main import run
+from t5x_lite.cli.main import run
 
 run()

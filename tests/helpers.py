@@ -6,10 +6,11 @@ import itertools
 import jax
 import numpy as np
 
-from t5x_lite import optim, partitioning, steps
-from t5x_lite.faults import FaultInjector
-from t5x_lite.models.config import DecoderConfig
-from t5x_lite.train_state import ModelSpec, init_state, state_shardings
+from t5x_lite.parallel import partitioning
+from t5x_lite.train import optim, steps
+from t5x_lite.resilience.faults import FaultInjector
+from t5x_lite.models.decoder.config import DecoderConfig
+from t5x_lite.train.state import ModelSpec, init_state, state_shardings
 
 TINY = DecoderConfig(num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8,
                      mlp_dim=64, vocab_size=64)

@@ -6,11 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_lite import optim, partitioning
-from t5x_lite.checkpointing import CheckpointConfig, Checkpointer, restore_params
-from t5x_lite.divergence import init_health
+from t5x_lite.parallel import partitioning
+from t5x_lite.train import optim
+from t5x_lite.checkpoints.manager import CheckpointConfig, Checkpointer, restore_params
+from t5x_lite.resilience.divergence import init_health
 from t5x_lite.errors import ConfigError
-from t5x_lite.train_state import ModelSpec, init_state, state_shardings
+from t5x_lite.train.state import ModelSpec, init_state, state_shardings
 from tests.helpers import TINY
 from tests.test_partitioning import run_losses
 

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from t5x_lite import cli, quiet
+from t5x_lite import quiet
+from t5x_lite.cli import parser as cli
 from tests.cli import assert_one_line_error, run_cli, train_command
 
 # A flag of each command's own, that its --help must name.

@@ -5,9 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_lite import gin_config
-from t5x_lite.models.config import DecoderConfig
-from t5x_lite.train_state import ModelSpec
+from t5x_lite.config import gin_config
+from t5x_lite.models.decoder.config import DecoderConfig
+from t5x_lite.train.state import ModelSpec
 
 # (file, vocabulary used for counting, smallest and largest expected parameter count)
 SIZES = [

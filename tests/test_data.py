@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import seqio
 
-from t5x_lite import input_pipeline, vocabularies
+from t5x_lite.pipeline import input_pipeline, vocabularies
 from t5x_lite.data import embedded_corpus, text_file_task
 from t5x_lite.data.embedded_corpus import documents
 from tests.helpers import assert_same_batches, take

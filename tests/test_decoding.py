@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_lite import decoding, partitioning
-from t5x_lite.decoding import SamplingConfig
-from t5x_lite.train_state import ModelSpec
+from t5x_lite.inference import decoding
+from t5x_lite.parallel import partitioning
+from t5x_lite.inference.decoding import SamplingConfig
+from t5x_lite.train.state import ModelSpec
 from tests.helpers import TINY
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12], [13, 14, 15], []]

@@ -28,13 +28,15 @@ import seqio
 import torch
 import transformers
 
-from t5x_lite import checkpointing, partitioning, vocabularies
-from t5x_lite.checkpointing import CheckpointConfig, Checkpointer
+from t5x_lite.checkpoints import manager as checkpointing
+from t5x_lite.parallel import partitioning
+from t5x_lite.pipeline import vocabularies
+from t5x_lite.checkpoints.manager import CheckpointConfig, Checkpointer
 from t5x_lite.errors import ConfigError
 from t5x_lite.hf import export, import_
 from t5x_lite.hf.vocabulary import RunVocabulary
-from t5x_lite.models.config import DecoderConfig
-from t5x_lite.train_state import ModelSpec
+from t5x_lite.models.decoder.config import DecoderConfig
+from t5x_lite.train.state import ModelSpec
 from tests.cli import assert_one_line_error, run_cli, train_command
 
 torch.manual_seed(0)

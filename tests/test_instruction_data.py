@@ -14,7 +14,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from t5x_lite import gin_config, input_pipeline
+from t5x_lite.config import gin_config
+from t5x_lite.pipeline import input_pipeline
 from t5x_lite.data import (
     InstructionFeatureConverter,
     arithmetic,
@@ -25,7 +26,7 @@ from t5x_lite.data import (
 )
 from t5x_lite.data.instruction_metrics import final_answer
 from t5x_lite.data.pydoc_paragraphs import topic_paragraphs
-from t5x_lite.steps import BATCH_KEYS
+from t5x_lite.train.steps import BATCH_KEYS
 from tests.helpers import assert_same_batches, take
 
 LENGTHS = {"inputs": 512, "targets": 384}

@@ -18,8 +18,9 @@ import jax
 import pytest
 import yaml
 
-from t5x_lite import distributed, gin_config, partitioning
-from t5x_lite.distributed import Settings, resolve
+from t5x_lite.config import gin_config
+from t5x_lite.parallel import distributed, partitioning
+from t5x_lite.parallel.distributed import Settings, resolve
 from t5x_lite.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

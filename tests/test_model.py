@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from t5x_lite.models.decoder import Decoder
-from t5x_lite.models.layers import apply_rotary
-from t5x_lite.train_state import ModelSpec
+from t5x_lite.models.decoder.model import Decoder
+from t5x_lite.models.decoder.layers import apply_rotary
+from t5x_lite.train.state import ModelSpec
 from tests.helpers import TINY, packed_batch
 
 

@@ -6,7 +6,9 @@ import contextlib
 import gin
 import jax
 
-from t5x_lite import gin_config, main, trainer
+from t5x_lite.cli import main
+from t5x_lite.config import gin_config
+from t5x_lite.train import trainer
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 LOOP_FUNCTIONS = ("jit(train_step)", "jit(eval_step)", "jit(_all_finite)")

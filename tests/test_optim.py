@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import pytest
 
-from t5x_lite import optim
+from t5x_lite.train import optim
 
 
 @pytest.mark.parametrize("kind", optim.SCHEDULES)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_lite import partitioning
+from t5x_lite.parallel import partitioning
 from t5x_lite.errors import ConfigError
 from tests.helpers import TINY, packed_batch, tiny_training
 

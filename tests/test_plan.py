@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from t5x_lite import (
-    aot,
-    chips,
-    gin_config,
-    hlo_stats,
-    partitioning,
-    plan,
-    step_analysis,
-)
+from t5x_lite.analysis import aot, chips, hlo_stats, plan, step_analysis
+from t5x_lite.config import gin_config
+from t5x_lite.parallel import partitioning
 from t5x_lite.errors import ConfigError
 from tests.cli import assert_one_line_error, run_cli
 
@@ -105,7 +99,7 @@ def test_plan_refuses_a_step_whose_temporaries_exceed_the_chip(monkeypatch):
     """State fits in 4 MiB per device; the compiled step (activations) does not."""
     tiny_chip = chips.Chip("h100", ("h100",), 4 * 2**20, 989e12, 450e9)
     monkeypatch.setattr(chips, "CHIPS", (tiny_chip, *chips.CHIPS))
-    from t5x_lite import main
+    from t5x_lite.cli import main
     gin.clear_config()
     main.register_configurables()
     gin_config.parse(TINY, SHORT_BATCH)

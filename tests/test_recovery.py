@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_lite.faults import FaultInjector
+from t5x_lite.resilience.faults import FaultInjector
 from tests.cli import losses_by_step, run_cli, train_command
 from tests.helpers import TINY, packed_batch, tiny_training
 
@@ -58,7 +58,7 @@ def _judge(steps, cfg=None):
     """Anomaly codes of (loss, grad norm) pairs fed in turn, and the health after them."""
     import jax.numpy as jnp
 
-    from t5x_lite import divergence
+    from t5x_lite.resilience import divergence
     cfg, health, codes = cfg or divergence.DivergenceConfig(), divergence.init_health(), []
     for loss, grad_norm in steps:
         code, health = divergence.assess(health, jnp.float32(loss), jnp.float32(grad_norm), cfg)
@@ -71,7 +71,7 @@ def _noisy(values, scale=0.03, seed=0):
 
 
 def test_a_loss_spike_is_judged_against_a_baseline_that_follows_the_loss():
-    from t5x_lite import divergence
+    from t5x_lite.resilience import divergence
     falling = _noisy(5.0 * 0.98 ** np.arange(60))  # 5.0 down to 1.5
     history = list(zip(falling, _noisy(np.ones(60), seed=1)))
     codes, health = _judge(history)
@@ -87,7 +87,7 @@ def test_a_loss_spike_is_judged_against_a_baseline_that_follows_the_loss():
 
 
 def test_a_gradient_norm_spike_counts_only_with_a_raised_loss():
-    from t5x_lite import divergence
+    from t5x_lite.resilience import divergence
     flat = list(zip(_noisy(np.full(40, 2.0), 0.01), _noisy(np.ones(40), 0.05, seed=1)))
     codes, health = _judge(flat + [(2.0, 30.0)])
     assert codes[-1] == divergence.HEALTHY and int(health["count"]) == 41
@@ -96,7 +96,7 @@ def test_a_gradient_norm_spike_counts_only_with_a_raised_loss():
 
 
 def test_a_slowly_rising_loss_is_caught_as_a_drift():
-    from t5x_lite import divergence
+    from t5x_lite.resilience import divergence
     flat = _noisy(np.full(40, 2.0), 0.02)
     rising = _noisy(2.0 * 1.01 ** np.arange(1, 41), 0.02, seed=1)  # +1% a step
     codes, _ = _judge(zip(np.concatenate([flat, rising]), np.ones(80)))
@@ -184,8 +184,8 @@ def test_a_learning_rate_spike_rolls_back_before_it_and_skips_its_window(tmp_pat
 
 
 def test_rollbacks_are_counted_per_incident(tmp_path):
-    from t5x_lite.divergence import NON_FINITE, DivergenceConfig
-    from t5x_lite.recovery import Diverged, DivergenceLadder, RecoveryLog
+    from t5x_lite.resilience.divergence import NON_FINITE, DivergenceConfig
+    from t5x_lite.resilience.recovery import Diverged, DivergenceLadder, RecoveryLog
 
     cfg = DivergenceConfig(max_consecutive_skips=2, max_rollbacks=1, rollback_margin=3,
                            rollbacks_reset_after=5)

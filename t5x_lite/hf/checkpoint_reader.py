@@ -17,10 +17,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from t5x_lite import checkpointing, partitioning
+from t5x_lite.checkpoints import manager as checkpointing
+from t5x_lite.parallel import partitioning
 from t5x_lite.errors import ConfigError
-from t5x_lite.models.config import DecoderConfig
-from t5x_lite.train_state import ModelSpec
+from t5x_lite.models.decoder.config import DecoderConfig
+from t5x_lite.train.state import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from t5x_lite.models.config import DecoderConfig
+from t5x_lite.models.decoder.config import DecoderConfig
 
 EMBED = "model.embed_tokens.weight"
 FINAL_NORM = "model.norm.weight"

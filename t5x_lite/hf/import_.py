@@ -20,7 +20,7 @@ import os
 
 from t5x_lite.errors import ConfigError
 from t5x_lite.hf import convert, llama_config, output_dir, tokenizer_files
-from t5x_lite.models.config import DecoderConfig
+from t5x_lite.models.decoder.config import DecoderConfig
 
 TOKENIZER_DIR = "hf_tokenizer"
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers older checkpoints saved
@@ -91,7 +91,7 @@ def model_gin(cfg: DecoderConfig, hf_dir: str, model_dir: str) -> str:
 
 
 def _save_checkpoint(directory: str, params: dict, meta: dict) -> None:
-    from t5x_lite.checkpointing import CheckpointConfig, Checkpointer
+    from t5x_lite.checkpoints.manager import CheckpointConfig, Checkpointer
     checkpointer = Checkpointer(directory, CheckpointConfig(async_save=False))
     checkpointer.save(0, {"params": params}, meta, force=True)
     checkpointer.wait()

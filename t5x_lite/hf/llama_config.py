@@ -9,7 +9,7 @@ scaling, biases, another activation, another model type) is a one-line ConfigErr
 import dataclasses
 
 from t5x_lite.errors import ConfigError
-from t5x_lite.models.config import DecoderConfig
+from t5x_lite.models.decoder.config import DecoderConfig
 
 ARCHITECTURE = "LlamaForCausalLM"
 # Llama's defaults for fields a config.json may leave out.

@@ -34,9 +34,9 @@ def data_config_from_gin(gin_config: str, where: str):
     Gin's global config is cleared before and after: this replaces whatever
     config the calling process had parsed.
     """
-    from t5x_lite import main  # The one list of modules that define configurables.
+    from t5x_lite.cli import main
     main.register_configurables()
-    from t5x_lite import input_pipeline  # TensorFlow loads only on this path.
+    from t5x_lite.pipeline import input_pipeline
 
     gin.clear_config()
     try:
@@ -62,7 +62,7 @@ def run_vocabulary(meta: dict, model_dir: str, where: str) -> RunVocabulary:
     if not meta.get("gin_config"):
         raise ConfigError(f"{where} records no gin config, so its vocabulary is unknown.")
     data = data_config_from_gin(meta["gin_config"], where)
-    from t5x_lite import input_pipeline
+    from t5x_lite.pipeline import input_pipeline
     vocabulary = input_pipeline.output_vocabulary(data.mixture_or_task_name)
     return RunVocabulary(seqio_vocabulary=vocabulary,
                          sequence_length=dict(data.task_feature_lengths).get("targets"))

@@ -9,12 +9,13 @@ import math
 
 from jax.sharding import Mesh, NamedSharding
 
-from t5x_lite import optim, partitioning, steps
-from t5x_lite.divergence import DivergenceConfig
+from t5x_lite.parallel import partitioning
+from t5x_lite.train import optim, steps
+from t5x_lite.resilience.divergence import DivergenceConfig
 from t5x_lite.errors import ConfigError
-from t5x_lite.faults import FaultInjector
-from t5x_lite.models.config import DecoderConfig
-from t5x_lite.train_state import ModelSpec, state_shardings
+from t5x_lite.resilience.faults import FaultInjector
+from t5x_lite.models.decoder.config import DecoderConfig
+from t5x_lite.train.state import ModelSpec, state_shardings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,7 @@ def resolve_vocab(model_config: DecoderConfig, mixture_or_task_name: str) -> Dec
     """The model config with its vocabulary size; asks the task only when the config has none."""
     if model_config.vocab_size is not None:
         return model_config
-    from t5x_lite import input_pipeline
+    from t5x_lite.pipeline import input_pipeline
     vocab = input_pipeline.output_vocabulary(mixture_or_task_name)
     return model_config.with_vocab(vocab.vocab_size)
 

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from t5x_lite import data  # Registers the built-in Tasks; hides accelerators from TF.
 from t5x_lite.errors import ConfigError
-from t5x_lite.steps import BATCH_KEYS
+from t5x_lite.train.steps import BATCH_KEYS
 
 data.hide_accelerators_from_tensorflow()
 

@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from t5x_lite import divergence
-from t5x_lite.divergence import DivergenceConfig
+from t5x_lite.resilience import divergence
+from t5x_lite.resilience.divergence import DivergenceConfig
 from t5x_lite.errors import ConfigError
-from t5x_lite.faults import FaultInjector
+from t5x_lite.resilience.faults import FaultInjector
 from t5x_lite.models.losses import cross_entropy_sums
-from t5x_lite.partitioning import constrain
-from t5x_lite.train_state import ModelSpec
+from t5x_lite.parallel.partitioning import constrain
+from t5x_lite.train.state import ModelSpec
 
 
 def _loss_sums(spec: ModelSpec, params, batch):

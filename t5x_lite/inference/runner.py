@@ -13,10 +13,11 @@ import os
 
 import jax
 
-from t5x_lite import decoding, evaluation, partitioning
+from t5x_lite.inference import decoding, evaluation
+from t5x_lite.parallel import partitioning
 from t5x_lite.errors import ConfigError
 from t5x_lite.hf import checkpoint_reader
-from t5x_lite.train_state import ModelSpec
+from t5x_lite.train.state import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from t5x_lite.divergence import init_health
+from t5x_lite.resilience.divergence import init_health
 from t5x_lite.errors import ConfigError
 
 

@@ -9,20 +9,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite import metrics as metrics_lib
-from t5x_lite import partitioning, steps
-from t5x_lite.checkpointing import CheckpointConfig, Checkpointer, restore_params
-from t5x_lite.divergence import DivergenceConfig
+from t5x_lite.observe import metrics as metrics_lib
+from t5x_lite.parallel import partitioning
+from t5x_lite.train import steps
+from t5x_lite.checkpoints.manager import CheckpointConfig, Checkpointer, restore_params
+from t5x_lite.resilience.divergence import DivergenceConfig
 from t5x_lite.errors import ConfigError
-from t5x_lite.faults import FaultInjector
-from t5x_lite.goodput import Goodput
-from t5x_lite.models.config import DecoderConfig
-from t5x_lite.preemption import Preempted, PreemptionWatch
-from t5x_lite.profiler import ProfileConfig, StepProfiler
-from t5x_lite.recovery import DivergenceLadder, RecoveryLog, Rollback
-from t5x_lite.train_setup import build_setup, check_batch_layout
-from t5x_lite.train_state import ModelSpec, init_state
-from t5x_lite.watchdog import Watchdog, WatchdogConfig
+from t5x_lite.resilience.faults import FaultInjector
+from t5x_lite.observe.goodput import Goodput
+from t5x_lite.models.decoder.config import DecoderConfig
+from t5x_lite.resilience.preemption import Preempted, PreemptionWatch
+from t5x_lite.observe.profiler import ProfileConfig, StepProfiler
+from t5x_lite.resilience.recovery import DivergenceLadder, RecoveryLog, Rollback
+from t5x_lite.train.setup import build_setup, check_batch_layout
+from t5x_lite.train.state import ModelSpec, init_state
+from t5x_lite.resilience.watchdog import Watchdog, WatchdogConfig
 
 
 @dataclasses.dataclass
@@ -103,7 +104,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     `task_eval_every` steps the seqio evaluation of `task_eval` (decoding, metrics) runs.
     """
     # TensorFlow loads only on the data path.
-    from t5x_lite import evaluation, input_pipeline
+    from t5x_lite.inference import evaluation
+    from t5x_lite.pipeline import input_pipeline
 
     goodput = Goodput()
     model_dir = os.path.abspath(model_dir)
@@ -267,7 +269,7 @@ def _maybe_evaluate(run: Run, ctx: _LoopContext, step: int, params, eval_batches
         run.writer.write(step, {"eval_loss": eval_loss})
         run.writer.message(f"step {step}: eval_loss {eval_loss:.4f}")
     if ctx.task_eval and _due(step, ctx.task_eval_every, ctx):
-        from t5x_lite import evaluation
+        from t5x_lite.inference import evaluation
         results = evaluation.evaluate(run.spec, params, run.mesh, ctx.task_eval, step,
                                       evaluator_=ctx.evaluator)
         evaluation.write_results(run.model_dir, step, results)

@@ -13,8 +13,9 @@ counts applied (`hlo_stats`); XLA's own figure is kept beside them, labelled as 
 
 import dataclasses
 
-from t5x_lite import aot, hlo_stats, metrics
-from t5x_lite.train_setup import TrainSetup
+from t5x_lite.analysis import aot, hlo_stats
+from t5x_lite.observe import metrics
+from t5x_lite.train.setup import TrainSetup
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,9 +15,11 @@ import re
 
 import jax
 
-from t5x_lite import aot, chips, gin_config, partitioning, plan_report, step_analysis
+from t5x_lite.analysis import aot, chips, plan_report, step_analysis
+from t5x_lite.config import gin_config
+from t5x_lite.parallel import partitioning
 from t5x_lite.errors import ConfigError
-from t5x_lite.train_setup import TrainSetup
+from t5x_lite.train.setup import TrainSetup
 
 _SHAPE_ARGUMENT = re.compile(r"^\s*\d+\s*,\s*\d+\s*,\s*\d+\s*$")
 

@@ -1,4 +1,4 @@
-"""Command line: `t5x_lite <command> [flags]`; the flags of each are in t5x_lite/cli.py.
+"""Command line: `t5x_lite <command> [flags]`; the flags of each are in t5x_lite/cli/parser.py.
 
 Commands: train, build-vocab, supervise, export-hf, import-hf, eval, infer, plan.
 """
@@ -9,29 +9,27 @@ import sys
 
 from absl import app, flags, logging
 
-from t5x_lite import cli, gin_config, quiet
+from t5x_lite import quiet
+from t5x_lite.cli import parser as cli
+from t5x_lite.config import gin_config
 from t5x_lite.errors import EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, ConfigError
 
 
 def register_configurables() -> None:
     """Imports every module that defines gin configurables, so bindings resolve."""
     # `data` registers the built-in seqio Tasks and Mixtures as it loads.
-    from t5x_lite import (  # noqa: F401
-        checkpointing,
-        data,
-        decoding,
-        evaluation,
-        input_pipeline,
-        optim,
-        partitioning,
-        trainer,
-    )
-    from t5x_lite.models import config  # noqa: F401
+    from t5x_lite import data  # noqa: F401
+    from t5x_lite.checkpoints import manager as checkpointing  # noqa: F401
+    from t5x_lite.inference import decoding, evaluation  # noqa: F401
+    from t5x_lite.parallel import partitioning  # noqa: F401
+    from t5x_lite.pipeline import input_pipeline  # noqa: F401
+    from t5x_lite.train import optim, trainer  # noqa: F401
+    from t5x_lite.models.decoder import config  # noqa: F401
 
 
 def _initialize_distributed(args) -> None:
     """Joins a multi-process run when the flags or the environment describe one."""
-    from t5x_lite import distributed
+    from t5x_lite.parallel import distributed
     distributed.initialize(distributed.Settings(
         mode=args.distributed, coordinator_address=args.coordinator_address,
         num_processes=args.num_processes, process_id=args.process_id,
@@ -48,17 +46,17 @@ def _train(args) -> None:
     _initialize_distributed(args)
     _parse_gin(args)
     gin_config.check_required_macros()
-    from t5x_lite import trainer
+    from t5x_lite.train import trainer
     trainer.train()
 
 
 def _build_vocab(args) -> None:
-    from t5x_lite import vocabularies
+    from t5x_lite.pipeline import vocabularies
     vocabularies.build_vocab_command(args.vocab_size, args.out)
 
 
 def _supervise(args) -> None:
-    from t5x_lite.supervisor import Supervisor
+    from t5x_lite.resilience.supervisor import Supervisor
     if not args.child:
         raise ConfigError("supervise needs a command: t5x_lite supervise -- t5x_lite train ...")
     sys.exit(Supervisor(args.child, args.max_restarts, args.grace_seconds).run())
@@ -77,14 +75,14 @@ def _import_hf(args) -> None:
 
 def _eval(args) -> None:
     _parse_gin(args)
-    from t5x_lite import inference
+    from t5x_lite.inference import runner as inference
     inference.eval_command(args.model_dir, args.step, args.tasks, args.num_examples,
                            args.mesh_shape)
 
 
 def _infer(args) -> None:
     _parse_gin(args)
-    from t5x_lite import inference
+    from t5x_lite.inference import runner as inference
     inference.infer_command(args.model_dir, args.step, args.prompt, args.prompts_file,
                             args.out, args.max_decode_len, args.batch_size, args.seed,
                             args.mesh_shape)
@@ -92,7 +90,7 @@ def _infer(args) -> None:
 
 def _plan(args) -> None:
     _parse_gin(args)
-    from t5x_lite import plan
+    from t5x_lite.analysis import plan
     plan.plan_command(args.gin_file, args.mesh, args.chip, args.mfu, args.out)
 
 
@@ -110,8 +108,8 @@ def _main(args: argparse.Namespace) -> None:
     logging.set_verbosity(logging.WARNING)
     if args.command != "supervise":  # the supervisor only watches; its child starts quietly
         quiet.quiet_start()
-    from t5x_lite.preemption import Preempted
-    from t5x_lite.recovery import Diverged
+    from t5x_lite.resilience.preemption import Preempted
+    from t5x_lite.resilience.recovery import Diverged
     try:
         COMMANDS[args.command](args)
     except Diverged as diverged:

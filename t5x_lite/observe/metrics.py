@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import tqdm
 from tensorboardX import SummaryWriter
 
-from t5x_lite import chips
-from t5x_lite.models.config import DecoderConfig
+from t5x_lite.analysis import chips
+from t5x_lite.models.decoder.config import DecoderConfig
 
 
 def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:

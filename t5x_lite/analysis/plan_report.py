@@ -5,9 +5,9 @@ import math
 
 import jax
 
-from t5x_lite.chips import GIB, Chip
-from t5x_lite.step_analysis import StepAnalysis
-from t5x_lite.train_setup import TrainSetup
+from t5x_lite.analysis.chips import GIB, Chip
+from t5x_lite.analysis.step_analysis import StepAnalysis
+from t5x_lite.train.setup import TrainSetup
 
 MEMORY_NOTE = ("Memory is XLA's buffer assignment for the CPU compile of the step, standing "
                "in for the chip's: the chip's compiler fuses, lays out and schedules "

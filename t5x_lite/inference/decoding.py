@@ -29,11 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from t5x_lite import partitioning
-from t5x_lite.models.config import DecoderConfig
-from t5x_lite.models.decoder import KVCache, init_cache
-from t5x_lite.partitioning import constrain
-from t5x_lite.train_state import ModelSpec
+from t5x_lite.parallel import partitioning
+from t5x_lite.models.decoder.config import DecoderConfig
+from t5x_lite.models.decoder.model import KVCache, init_cache
+from t5x_lite.parallel.partitioning import constrain
+from t5x_lite.train.state import ModelSpec
 
 START_ID = 0
 PAD_ID = 0

@@ -15,7 +15,7 @@ REQUIRED_MACROS = ("MODEL_DIR", "TRAIN_STEPS")
 
 def installed_gin_dir() -> str:
     """The gin/ folder: inside the installed package, or beside it in a source checkout."""
-    package_dir = os.path.dirname(os.path.abspath(__file__))
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for candidate in (os.path.join(package_dir, "gin"),
                       os.path.join(os.path.dirname(package_dir), "gin")):
         if os.path.isfile(os.path.join(candidate, "quickstart.gin")):

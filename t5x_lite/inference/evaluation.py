@@ -20,7 +20,7 @@ import seqio
 import tensorflow as tf
 from tensorboardX import SummaryWriter
 
-from t5x_lite import decoding
+from t5x_lite.inference import decoding
 from t5x_lite.errors import ConfigError
 
 

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from t5x_lite.models.config import DecoderConfig
-from t5x_lite.partitioning import constrain
+from t5x_lite.models.decoder.config import DecoderConfig
+from t5x_lite.parallel.partitioning import constrain
 
 
 def param(rngs: nnx.Rngs, shape, logical_axes, std: float) -> nnx.Param:

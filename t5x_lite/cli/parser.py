@@ -7,7 +7,7 @@ commands also take T5X's `--gin.KEY=VALUE`, rewritten to `--gin_bindings=KEY = V
 import argparse
 import sys
 
-from t5x_lite import gin_config
+from t5x_lite.config import gin_config
 from t5x_lite.errors import EXIT_CONFIG_ERROR
 
 PROG = "t5x_lite"
@@ -97,7 +97,7 @@ def _train(parser) -> None:
     _gin_flags(parser)
     group = parser.add_argument_group(
         "multi-process", "How this process joins a multi-process run; each defaults to its "
-        "$T5X_LITE_* variable (see t5x_lite/distributed.py).")
+        "$T5X_LITE_* variable (see t5x_lite/parallel/distributed.py).")
     group.add_argument("--distributed", choices=["auto", "explicit", "cluster", "off"],
                        help="how to join (default: $T5X_LITE_DISTRIBUTED, else auto)")
     group.add_argument("--coordinator_address", metavar="HOST:PORT",

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from t5x_lite.models.config import REMAT_POLICIES, DecoderConfig
-from t5x_lite.models.layers import DecoderBlock, RMSNorm, attention_mask, param
-from t5x_lite.partitioning import constrain
+from t5x_lite.models.decoder.config import REMAT_POLICIES, DecoderConfig
+from t5x_lite.models.decoder.layers import DecoderBlock, RMSNorm, attention_mask, param
+from t5x_lite.parallel.partitioning import constrain
 
 
 class KVCache(NamedTuple):

@@ -8,8 +8,8 @@ import sys
 
 import jax
 
-from t5x_lite import divergence
-from t5x_lite.divergence import DivergenceConfig
+from t5x_lite.resilience import divergence
+from t5x_lite.resilience.divergence import DivergenceConfig
 
 
 class RecoveryLog:

@@ -14,10 +14,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from t5x_lite import partitioning
-from t5x_lite.divergence import init_health
-from t5x_lite.models.config import DecoderConfig
-from t5x_lite.models.decoder import Decoder
+from t5x_lite.parallel import partitioning
+from t5x_lite.resilience.divergence import init_health
+from t5x_lite.models.decoder.config import DecoderConfig
+from t5x_lite.models.decoder.model import Decoder
 
 
 def _is_variable(x) -> bool:

@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from t5x_lite import gin_config, partitioning, steps, train_setup
-from t5x_lite.train_setup import TrainSetup
+from t5x_lite.config import gin_config
+from t5x_lite.parallel import partitioning
+from t5x_lite.train import steps, setup as train_setup
+from t5x_lite.train.setup import TrainSetup
 
 # Macros the trainer requires that do not change the compiled step.
 _PLACEHOLDER_MACROS = {"TRAIN_STEPS": 10000}
@@ -35,7 +37,7 @@ def bind_placeholder_macros() -> None:
 
 def train_bindings() -> dict:
     """The arguments `trainer.train` would get from the parsed gin config."""
-    from t5x_lite import trainer
+    from t5x_lite.train import trainer
     defaults = {name: parameter.default for name, parameter in
                 inspect.signature(trainer.train).parameters.items()}
     return {**defaults, **gin.get_bindings("train")}
@@ -49,7 +51,7 @@ def build_setup(bindings: dict, mesh: Mesh) -> TrainSetup:
 
 def setup_from_gin(gin_files: list[str], bindings: list[str], mesh: Mesh) -> TrainSetup:
     """Parses gin files and bindings as the CLI does and builds the setup; clears gin after."""
-    from t5x_lite import main
+    from t5x_lite.cli import main
     gin.clear_config()
     main.register_configurables()
     gin_config.parse(gin_files, bindings)

@@ -1,0 +1,1 @@
+"""Orbax checkpoints of the train state, their fallback and retention, and the checkpoint record."""

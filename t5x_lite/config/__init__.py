@@ -1,0 +1,1 @@
+"""Gin parsing and the one list of configurable modules."""

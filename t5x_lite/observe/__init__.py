@@ -1,0 +1,1 @@
+"""Metrics writers, FLOPs and MFU bookkeeping, goodput and the profiler."""

@@ -1,0 +1,1 @@
+"""The device mesh, logical axis rules and multi-process start-up."""

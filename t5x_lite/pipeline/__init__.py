@@ -1,0 +1,1 @@
+"""The data path: seqio Tasks into sharded, resumable batches, and vocabularies."""

@@ -1,0 +1,1 @@
+"""Divergence detection and recovery, preemption, the watchdog, the supervisor and fault injection."""

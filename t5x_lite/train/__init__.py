@@ -1,0 +1,1 @@
+"""The trainer: setup, state, optimizer, the jitted step and the loop."""
