@@ -137,7 +137,7 @@ def _compile_seconds(model_dir: pathlib.Path) -> float:
 
 def _t5x_lite_flops_per_token(model_dir: pathlib.Path, bindings: dict[str, str]) -> float:
     """The trainer's own FLOP accounting, for the resolved model config in the last checkpoint."""
-    from t5x_lite.observe.metrics import train_flops_per_token
+    from t5x_lite.models.decoder import DECODER
     from t5x_lite.models.decoder.config import DecoderConfig
 
     metadata = sorted((model_dir / "checkpoints").glob("*/meta/metadata"),
@@ -146,7 +146,7 @@ def _t5x_lite_flops_per_token(model_dir: pathlib.Path, bindings: dict[str, str])
         raise BenchError(f"no checkpoint metadata under {model_dir / 'checkpoints'}")
     model_config = json.loads(metadata[-1].read_text())["model_config"]
     seq_len = ast.literal_eval(bindings["DataConfig.task_feature_lengths"])["targets"]
-    return float(train_flops_per_token(DecoderConfig(**model_config), seq_len))
+    return float(DECODER.flops_per_token(DecoderConfig(**model_config), {"targets": seq_len}))
 
 
 def torch_constants(reference_path: pathlib.Path) -> dict[str, int]:

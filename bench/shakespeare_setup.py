@@ -22,7 +22,7 @@ def build(text: pathlib.Path):
     gin_config.parse([GIN_FILE], [f"TEXT_FILES=['{text}']", "MODEL_DIR='unused'"])
     setup = aot.build_setup(aot.train_bindings(), partitioning.create_mesh((-1, 1, 1)))
     state = init_state(setup.spec, setup.optimizer, setup.shardings, seed=0)
-    return setup, state, trainer._meta(setup.cfg, data_position=0)
+    return setup, state, trainer._record(setup.cfg, data_position=0)
 
 
 def size_mb(tree) -> float:

@@ -8,7 +8,7 @@ Without --gin_file: the Shakespeare model (4 layers, width 128, 4 heads, context
 batch 12, float32, unrolled unless --scan). The mesh is (devices, 1, 1) unless --mesh says otherwise. Prints the
 fastest and the median of several windows of steps, reading each step's loss one step
 behind as the trainer does, and the model FLOPs utilization: FLOPs per token from the
-config (metrics.train_flops_per_token) over the chip's dense peak (t5x_lite/analysis/chips.py) or,
+config (the family's flops_per_token) over the chip's dense peak (t5x_lite/observe/chips.py) or,
 on CPU, a measured matmul rate; on CPU also the compiled step's matmul FLOPs over the
 config's count.
 """
@@ -27,6 +27,7 @@ import numpy as np
 from t5x_lite.analysis import hlo_stats
 from t5x_lite.observe import metrics
 from t5x_lite.parallel import partitioning
+from t5x_lite.models.decoder import DECODER
 from t5x_lite.models.decoder.config import DecoderConfig
 from t5x_lite.train.setup import build_setup
 from t5x_lite.train.state import init_state
@@ -82,6 +83,10 @@ class SyntheticData:
     sequence_length: int
     mixture_or_task_name: str | None = None
 
+    @property
+    def task_feature_lengths(self) -> dict[str, int]:
+        return {"targets": self.sequence_length}
+
 
 def measure(args) -> dict:
     cfg = model_config(args)
@@ -92,7 +97,7 @@ def measure(args) -> dict:
     with partitioning.activation_sharding(mesh, setup.activation_rules):
         state = init_state(setup.spec, setup.optimizer, setup.shardings, seed=0)
         train_step = setup.train_step()
-        batch = {k: jax.device_put(v, setup.batch_sharding)
+        batch = {k: jax.device_put(v, setup.batch_shardings[k])
                  for k, v in fixed_batch(args.batch, args.length, cfg.vocab_size).items()}
         start = time.perf_counter()
         compiled = train_step.lower(state, batch, 0).compile()
@@ -113,7 +118,7 @@ def compiled_matmul_flops(compiled) -> float | None:
 def summarize(args, cfg: DecoderConfig, compiled, compile_s: float, seconds, loss) -> dict:
     tokens = args.batch * args.length
     median = seconds[len(seconds) // 2]
-    flops_per_token = metrics.train_flops_per_token(cfg, args.length)
+    flops_per_token = DECODER.flops_per_token(cfg, {"targets": args.length})
     matmul_flops = compiled_matmul_flops(compiled)
     peak = metrics.total_peak_flops()
     devices = jax.devices()

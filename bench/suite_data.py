@@ -83,7 +83,7 @@ def global_batch_cost(setup, batch: dict, repeats: int = 300) -> dict:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(trainer._global_batch(batch, setup.batch_sharding))
+        jax.block_until_ready(trainer._global_batch(batch, setup.batch_shardings))
         times.append(time.perf_counter() - start)
     return {"devices": len(jax.devices()), "median_ms": 1000 * statistics.median(times),
             "fastest_ms": 1000 * min(times)}
@@ -98,7 +98,7 @@ def step_consumption(setup, state, batch: dict, windows: int = 8, steps_per_wind
 
     with partitioning.activation_sharding(setup.mesh, setup.activation_rules):
         train_step = setup.train_step()
-        placed = {key: jax.device_put(value, setup.batch_sharding)
+        placed = {key: jax.device_put(value, setup.batch_shardings[key])
                   for key, value in batch.items()}
         seconds, _ = step_time.time_steps(train_step, state, placed, windows,
                                           steps_per_window)

@@ -4,7 +4,7 @@
 
 For the Shakespeare, tiny and small models, with and without scan over layers, the
 train step is compiled from an abstract state on one host device and its FLOPs per
-token read three ways: metrics.train_flops_per_token (the config), the compiled
+token read three ways: the model family's flops_per_token (the config), the compiled
 step's matmuls with while loops times their trip counts (t5x_lite.analysis.hlo_stats), and
 XLA's cost_analysis (every op, but each loop body once). Also measures the CPU
 "peak" the trainer uses for MFU on CPU: a float32 matmul, at several sizes.
@@ -47,7 +47,6 @@ def _text_file(args, scratch: str) -> str:
 
 def _row(model: str, scan: bool, gin_files: list[str], bindings: list[str]) -> dict:
     from t5x_lite.analysis import aot, step_analysis
-    from t5x_lite.observe import metrics
     from t5x_lite.parallel import partitioning
     setup = aot.setup_from_gin(gin_files, [*bindings, f"DecoderConfig.scan_layers = {scan}"],
                                partitioning.create_mesh((1, 1, 1)))
@@ -55,8 +54,7 @@ def _row(model: str, scan: bool, gin_files: list[str], bindings: list[str]) -> d
     tokens = setup.tokens_per_step
     return {"model": model, "scan_layers": scan, "tokens_per_step": tokens,
             "num_layers": setup.cfg.num_layers,
-            "config_flops_per_token": metrics.train_flops_per_token(setup.cfg,
-                                                                    setup.sequence_length),
+            "config_flops_per_token": setup.flops_per_token,
             "compiled_matmul_flops_per_token": analysis.matmul_flops / tokens,
             "xla_cost_analysis_flops_per_token": analysis.xla_flops_loops_once / tokens,
             "loop_trip_counts": analysis.loop_trip_counts,
@@ -96,7 +94,7 @@ COLUMNS = ("model", "layers", "scan", "tokens/step", "config FLOPs/token",
            "compiled matmul FLOPs/token", "config / compiled", "XLA cost_analysis FLOPs/token")
 
 DEFINITIONS = """\
-- config FLOPs/token: `metrics.train_flops_per_token`, 6 x matmul parameters (embedding
+- config FLOPs/token: the decoder family's `flops_per_token`, 6 x matmul parameters (embedding
   table once, as the output projection) + 12 L T N H for attention scores and values: the
   model FLOPs that MFU divides by the peak.
 - compiled matmul FLOPs/token: every dot in the optimized HLO of the compiled train step,

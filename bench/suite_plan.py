@@ -101,7 +101,7 @@ DEFINITIONS = """\
   bfloat16 work in float32). params + opt: from the shardings' shard shapes (float32 params,
   AdamW moments). temps: activations, gradients and workspace; with the dense XLA attention
   the T x T score tensors dominate them at this sequence length.
-- config TFLOP/dev: `metrics.train_flops_per_token` x tokens / devices (model FLOPs, what MFU
+- config TFLOP/dev: the family's `flops_per_token` x tokens / devices (model FLOPs, what MFU
   counts). compiled TFLOP/dev: the step's matmuls, while loops times their trip counts; it
   holds the rematerialized forward pass too (1b: `dots_no_batch` recomputes attention; 7b:
   `full` recomputes the whole forward), hence config / compiled below 1.

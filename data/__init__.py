@@ -6,9 +6,8 @@ hide_accelerators_from_tensorflow()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from . import instruction_tasks, tasks
-from .instruction_converter import InstructionFeatureConverter
 from .jsonl_instructions import jsonl_instruction_task
 from .text_files import text_file_task
 
-__all__ = ["InstructionFeatureConverter", "hide_accelerators_from_tensorflow",
+__all__ = ["hide_accelerators_from_tensorflow",
            "instruction_tasks", "jsonl_instruction_task", "tasks", "text_file_task"]

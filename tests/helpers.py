@@ -10,7 +10,8 @@ from t5x_lite.parallel import partitioning
 from t5x_lite.train import optim, steps
 from t5x_lite.resilience.faults import FaultInjector
 from t5x_lite.models.decoder.config import DecoderConfig
-from t5x_lite.train.state import ModelSpec, init_state, state_shardings
+from t5x_lite.models.spec import ModelSpec
+from t5x_lite.train.state import init_state, state_shardings
 
 TINY = DecoderConfig(num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8,
                      mlp_dim=64, vocab_size=64)
@@ -42,8 +43,9 @@ def tiny_training(mesh_shape, warmup_steps: int, decay_steps: int, cfg=TINY, nam
     mesh = partitioning.create_mesh(mesh_shape, devices=devices)
     param_rules, activation_rules = partitioning.axis_rules()
     schedule = optim.create_schedule(warmup_steps=warmup_steps, decay_steps=decay_steps)
-    optimizer = optim.create_optimizer(schedule, name=name)
     spec = ModelSpec.create(cfg)
+    optimizer = optim.create_optimizer(schedule, name=name,
+                                       model_no_decay=spec.family.no_decay(cfg))
     _, shardings = state_shardings(spec, optimizer, mesh, param_rules)
     batch_sharding = partitioning.named_sharding(("batch", "length"), (8, 32), mesh,
                                                  activation_rules)

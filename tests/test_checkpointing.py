@@ -11,15 +11,17 @@ from t5x_lite.train import optim
 from t5x_lite.checkpoints.manager import CheckpointConfig, Checkpointer, restore_params
 from t5x_lite.resilience.divergence import init_health
 from t5x_lite.errors import ConfigError
-from t5x_lite.train.state import ModelSpec, init_state, state_shardings
+from t5x_lite.models.spec import ModelSpec
+from t5x_lite.train.state import init_state, state_shardings
 from tests.helpers import TINY
 from tests.test_partitioning import run_losses
 
 
 def _target(mesh_shape, cfg=TINY):
     mesh = partitioning.create_mesh(mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
-    optimizer = optim.create_optimizer(optim.create_schedule(warmup_steps=3, decay_steps=10))
     spec = ModelSpec.create(cfg)
+    optimizer = optim.create_optimizer(optim.create_schedule(warmup_steps=3, decay_steps=10),
+                                       model_no_decay=spec.family.no_decay(cfg))
     abstract, shardings = state_shardings(spec, optimizer, mesh,
                                           partitioning.DEFAULT_PARAM_RULES)
     return spec, optimizer, abstract, shardings

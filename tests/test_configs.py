@@ -7,7 +7,7 @@ import pytest
 
 from t5x_lite.config import gin_config
 from t5x_lite.models.decoder.config import DecoderConfig
-from t5x_lite.train.state import ModelSpec
+from t5x_lite.models.spec import ModelSpec
 
 # (file, vocabulary used for counting, smallest and largest expected parameter count)
 SIZES = [

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import seqio
 
+from t5x_lite.models.decoder.family import FEATURES as MODEL_FEATURES
 from t5x_lite.pipeline import input_pipeline, vocabularies
 from t5x_lite.data import embedded_corpus, text_file_task
 from t5x_lite.data.embedded_corpus import documents
@@ -148,7 +149,7 @@ def test_different_seeds_give_different_batches(mixture_batches):
 
 def test_batches_have_the_model_features(mixture_batches):
     for batch in mixture_batches:
-        assert set(batch) == set(input_pipeline.MODEL_FEATURES)
+        assert set(batch) == set(MODEL_FEATURES)
         for value in batch.values():
             assert value.shape == (8, LENGTH) and value.dtype == np.int32
         assert (batch["decoder_target_tokens"] != 0).mean() > 0.9
@@ -166,7 +167,7 @@ def test_global_batch_is_the_same_for_any_process_count(short_records_task):
             assert rows.shape[0] == 8 // process_count
         global_batches[process_count] = [
             {key: np.concatenate([batches[i][key] for batches in per_process])
-             for key in input_pipeline.MODEL_FEATURES} for i in range(2)]
+             for key in MODEL_FEATURES} for i in range(2)]
     assert_same_batches(global_batches[1], global_batches[2])
     assert_same_batches(global_batches[1], global_batches[4])
 
@@ -277,7 +278,7 @@ def test_eval_rows_are_split_between_processes(short_records_task):
     whole = take(input_pipeline.eval_batches(cfg, 2, 0, 1), 2)
     halves = [take(input_pipeline.eval_batches(cfg, 2, p, 2), 2) for p in range(2)]
     for i in range(2):
-        for key in input_pipeline.MODEL_FEATURES:
+        for key in MODEL_FEATURES:
             np.testing.assert_array_equal(
                 whole[i][key], np.concatenate([halves[0][i][key], halves[1][i][key]]))
 

@@ -12,7 +12,8 @@ import pytest
 from t5x_lite.inference import decoding
 from t5x_lite.parallel import partitioning
 from t5x_lite.inference.decoding import SamplingConfig
-from t5x_lite.train.state import ModelSpec
+from t5x_lite.models.decoder import generate
+from t5x_lite.models.spec import ModelSpec
 from tests.helpers import TINY
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12], [13, 14, 15], []]
@@ -95,10 +96,10 @@ def test_cached_logits_match_full_recompute_at_every_step(layout):
     @jax.jit
     def cached_logits(params):
         model = spec.bind(params)
-        logits_BV, cache = decoding.prefill(model, tokens_BP, starts_B, prompt_len + STEPS)
+        logits_BV, cache = generate.prefill(model, tokens_BP, starts_B, prompt_len + STEPS)
         steps = [logits_BV]
         for i in range(STEPS - 1):
-            logits_BV, cache = decoding.extend(model, tokens_BL[:, i], starts_B,
+            logits_BV, cache = generate.extend(model, tokens_BL[:, i], starts_B,
                                                prompt_len + i, cache)
             steps.append(logits_BV)
         return jnp.stack(steps, axis=1)

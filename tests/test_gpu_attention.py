@@ -13,7 +13,7 @@ import pytest
 
 from t5x_lite.models.decoder.config import DecoderConfig
 from t5x_lite.models.losses import cross_entropy_sums
-from t5x_lite.train.state import ModelSpec
+from t5x_lite.models.spec import ModelSpec
 from tests.helpers import packed_batch
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU")

@@ -36,7 +36,7 @@ from t5x_lite.errors import ConfigError
 from t5x_lite.hf import export, import_
 from t5x_lite.hf.vocabulary import RunVocabulary
 from t5x_lite.models.decoder.config import DecoderConfig
-from t5x_lite.train.state import ModelSpec
+from t5x_lite.models.spec import ModelSpec
 from tests.cli import assert_one_line_error, run_cli, train_command
 
 torch.manual_seed(0)

@@ -15,9 +15,9 @@ import seqio
 import tensorflow as tf
 
 from t5x_lite.config import gin_config
+from t5x_lite.models.decoder.converters import InstructionFeatureConverter
 from t5x_lite.pipeline import input_pipeline
 from t5x_lite.data import (
-    InstructionFeatureConverter,
     arithmetic,
     instruction_tasks,
     jsonl_instruction_task,
@@ -26,7 +26,7 @@ from t5x_lite.data import (
 )
 from t5x_lite.data.instruction_metrics import final_answer
 from t5x_lite.data.pydoc_paragraphs import topic_paragraphs
-from t5x_lite.train.steps import BATCH_KEYS
+from t5x_lite.models.decoder.family import FEATURES as BATCH_KEYS
 from tests.helpers import assert_same_batches, take
 
 LENGTHS = {"inputs": 512, "targets": 384}

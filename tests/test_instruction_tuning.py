@@ -7,9 +7,9 @@ import sys
 import pytest
 import tensorflow as tf
 
-from t5x_lite.data import InstructionFeatureConverter
+from t5x_lite.models.decoder.converters import InstructionFeatureConverter
 from t5x_lite.models.losses import cross_entropy_sums
-from t5x_lite.train.state import ModelSpec
+from t5x_lite.models.spec import ModelSpec
 from tests.cli import assert_one_line_error, losses_by_step, read_metrics, run_cli
 from tests.helpers import TINY
 

@@ -10,7 +10,7 @@ from flax import nnx
 
 from t5x_lite.models.decoder.model import Decoder
 from t5x_lite.models.decoder.layers import apply_rotary
-from t5x_lite.train.state import ModelSpec
+from t5x_lite.models.spec import ModelSpec
 from tests.helpers import TINY, packed_batch
 
 

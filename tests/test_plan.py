@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from t5x_lite.analysis import aot, chips, hlo_stats, plan, step_analysis
+from t5x_lite.analysis import aot, hlo_stats, plan, step_analysis
+from t5x_lite.observe import chips
 from t5x_lite.config import gin_config
 from t5x_lite.parallel import partitioning
 from t5x_lite.errors import ConfigError

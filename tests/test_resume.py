@@ -24,7 +24,9 @@ def _start_and_kill_after(model_dir, kill_after_step: int):
     metrics = os.path.join(model_dir, "metrics.jsonl")
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if os.path.exists(metrics) and max(losses_by_step(model_dir), default=0) >= kill_after_step:
+        saved = os.path.isdir(os.path.join(model_dir, "checkpoints", "4"))
+        if saved and os.path.exists(metrics) and max(
+                losses_by_step(model_dir), default=0) >= kill_after_step:
             break
         time.sleep(0.05)
     assert process.poll() is None, "the run ended before it could be killed"
@@ -57,7 +59,7 @@ def test_sigkill_then_restart_replays_identical_losses(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     reference = losses_by_step(reference_dir)
 
-    # From step 6 on, the asynchronous save of step 4 has had time to reach disk.
+    # Killed once the asynchronous save of step 4 has reached disk, at step 6 or later.
     _start_and_kill_after(resumed_dir, kill_after_step=int(np.random.default_rng().integers(6, 10)))
     killed_at = max(losses_by_step(resumed_dir))
     result = run_cli(train_command(resumed_dir, STEPS, MESH, SAVE_EVERY), num_devices=4)

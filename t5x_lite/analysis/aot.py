@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from t5x_lite.config import gin_config
 from t5x_lite.parallel import partitioning
-from t5x_lite.train import steps, setup as train_setup
+from t5x_lite.train import setup as train_setup
 from t5x_lite.train.setup import TrainSetup
 
 # Macros the trainer requires that do not change the compiled step.
@@ -66,9 +66,10 @@ def abstract_arguments(setup: TrainSetup) -> tuple:
     """(state, batch, position) as ShapeDtypeStructs with the train step's shardings."""
     state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(
         leaf.shape, leaf.dtype, sharding=sharding), setup.abstract, setup.shardings)
-    shape = (setup.global_batch_size, setup.sequence_length)
-    batch = {key: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=setup.batch_sharding)
-             for key in steps.BATCH_KEYS}
+    batch = {key: jax.ShapeDtypeStruct((setup.global_batch_size, feature.length),
+                                       jnp.dtype(feature.dtype),
+                                       sharding=setup.batch_shardings[key])
+             for key, feature in setup.features.items()}
     position = jax.ShapeDtypeStruct((), jnp.int32, sharding=partitioning.replicated(setup.mesh))
     return state, batch, position
 

@@ -15,7 +15,8 @@ import re
 
 import jax
 
-from t5x_lite.analysis import aot, chips, plan_report, step_analysis
+from t5x_lite.analysis import aot, plan_report, step_analysis
+from t5x_lite.observe import chips
 from t5x_lite.config import gin_config
 from t5x_lite.parallel import partitioning
 from t5x_lite.errors import ConfigError
@@ -133,7 +134,7 @@ def _refuse_if_state_cannot_fit(setup: TrainSetup, chip: chips.Chip, config_name
     floor = state["params"] * 2 + state["optimizer"]
     if floor > chip.hbm_bytes:
         raise ConfigError(plan_report.refusal_line(
-            config_name, mesh.name, chip, floor, True, setup.cfg.remat_policy))
+            config_name, mesh.name, chip, floor, True, setup.cfg))
 
 
 def plan(gin_files: list[str], mesh_arg: str | None, chip_arg: str | None,
@@ -154,7 +155,7 @@ def plan(gin_files: list[str], mesh_arg: str | None, chip_arg: str | None,
     if not report["memory_per_device"]["fits"]:
         raise ConfigError(plan_report.refusal_line(
             config_name, mesh_choice.name, chip, analysis.total_bytes, False,
-            setup.cfg.remat_policy))
+            setup.cfg))
     return report
 
 

@@ -5,7 +5,7 @@ import math
 
 import jax
 
-from t5x_lite.analysis.chips import GIB, Chip
+from t5x_lite.observe.chips import GIB, Chip
 from t5x_lite.analysis.step_analysis import StepAnalysis
 from t5x_lite.train.setup import TrainSetup
 
@@ -20,19 +20,23 @@ COMMUNICATION_NOTE = ("Communication is every collective in the compiled step, l
                       "all-reduce + slice where TPU and GPU compilers emit reduce-scatter "
                       "(about half the wire bytes), and axes over DCN are timed at the "
                       "interconnect's speed too.")
-FLOPS_NOTE = ("Config FLOPs are metrics.train_flops_per_token (6 x matmul params + 12 L T N H "
-              "attention): the model FLOPs MFU counts. Compiled FLOPs are the step's matmuls "
+FLOPS_NOTE = ("Config FLOPs are the model family's flops_per_token (for the decoder 6 x matmul "
+              "params + 12 L T N H attention): the model FLOPs MFU counts. Compiled FLOPs are the step's matmuls "
               "with while loops times their trip counts; they also hold rematerialized "
               "forward work. XLA's cost_analysis counts each loop body once.")
 
 
+_MODEL_FIELDS = ("num_layers", "embed_dim", "vocab_size", "dtype", "remat_policy", "scan_layers")
+
+
 def _model(setup: TrainSetup) -> dict:
-    cfg = setup.cfg
-    rows = setup.batch_sharding.shard_shape((setup.global_batch_size, setup.sequence_length))[0]
-    params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(setup.abstract["params"]))
-    return {"params": params, "num_layers": cfg.num_layers, "embed_dim": cfg.embed_dim,
-            "vocab_size": cfg.vocab_size, "dtype": cfg.dtype, "remat_policy": cfg.remat_policy,
-            "scan_layers": cfg.scan_layers, "sequence_length": setup.sequence_length,
+    cfg, family = setup.cfg, setup.spec.family
+    key, feature = next(iter(setup.features.items()))
+    rows = setup.batch_shardings[key].shard_shape((setup.global_batch_size, feature.length))[0]
+    shape = {name: getattr(cfg, name, None) for name in _MODEL_FIELDS}
+    return {"family": family.name, "params": family.param_count(cfg),
+            "active_params": family.param_count(cfg, active=True), **shape,
+            "sequence_length": setup.sequence_length,
             "global_batch_size": setup.global_batch_size, "rows_per_device": rows,
             "tokens_per_step": setup.tokens_per_step,
             "num_microbatches": setup.num_microbatches}
@@ -98,11 +102,13 @@ def build(config_name: str, setup: TrainSetup, analysis: StepAnalysis, mesh_choi
 
 
 def refusal_line(config_name: str, mesh_name: str, chip: Chip, needed_bytes: float,
-                 state_bound: bool, remat_policy: str) -> str:
+                 state_bound: bool, model_config) -> str:
     """One line: what does not fit, by how much, and what to change."""
     what = ("params + optimizer state + float32 gradients alone need"
             if state_bound else "the train step needs")
-    remat = "" if remat_policy == "full" else "set DecoderConfig.remat_policy='full', "
+    remat_policy = getattr(model_config, "remat_policy", "full")
+    remat = ("" if remat_policy == "full" else
+             f"set {type(model_config).__name__}.remat_policy='full', ")
     advice = ("shard them over more devices (raise fsdp in MESH_SHAPE) or use "
               "create_optimizer.name='adafactor'" if state_bound else
               f"raise fsdp in MESH_SHAPE, {remat}or lower BATCH_SIZE (train.num_microbatches "

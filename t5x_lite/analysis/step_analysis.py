@@ -65,9 +65,8 @@ def _cost_flops(compiled) -> float:
 
 
 def config_flops_per_device(setup: TrainSetup) -> float:
-    """The config's training FLOPs of one step (metrics.train_flops_per_token), per device."""
-    per_token = metrics.train_flops_per_token(setup.cfg, setup.sequence_length)
-    return per_token * setup.tokens_per_step / setup.mesh.size
+    """The config's training FLOPs of one step (the family's `flops_per_token`), per device."""
+    return setup.flops_per_token * setup.tokens_per_step / setup.mesh.size
 
 
 def analyze(setup: TrainSetup, step: aot.CompiledStep) -> StepAnalysis:

@@ -1,12 +1,13 @@
-"""Hugging Face `transformers` export and import of decoder checkpoints.
+"""Hugging Face `transformers` export and import, generic over a model family's mapping.
 
 `t5x_lite export-hf` writes a Llama checkpoint (config, safetensors weights,
 generation config, tokenizer) that `AutoModelForCausalLM` and `AutoTokenizer` load
 offline; `t5x_lite import-hf` turns a local Llama checkpoint into a t5x_lite one that
 `INITIAL_CHECKPOINT_PATH` starts a fine-tune from.
 
-Modules: `convert` (the parameter mapping, both ways), `llama_config` (model config,
-both ways), `checkpoint_reader` (a run's checkpoint, one layer at a time),
+Modules: `mapping` (the interface a family's mapping implements, and the table of
+them), `llama` (the decoder family's: `convert`, the parameter mapping both ways, and
+`llama_config`, the model config both ways), `checkpoint_reader` (a run's checkpoint, one layer at a time),
 `safetensors_writer` (streamed, sharded weights), `vocabulary` (the run's vocabulary),
 `tokenizer_files` (HF tokenizer files for it), `output_dir` (all-or-nothing writes),
 `export` and `import_` (the two commands).

@@ -20,19 +20,24 @@ from etils import epath
 from t5x_lite.checkpoints import manager as checkpointing
 from t5x_lite.parallel import partitioning
 from t5x_lite.errors import ConfigError
-from t5x_lite.models.decoder.config import DecoderConfig
-from t5x_lite.train.state import ModelSpec
+from t5x_lite.checkpoints.record import CheckpointRecord
+from t5x_lite.models import family as family_lib
+from t5x_lite.models.spec import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
 class RunCheckpoint:
-    """One step of a run: where it is, its `meta` record and its model config."""
+    """One step of a run: where it is, its record and its model config."""
 
     model_dir: str
     step: int
     step_dir: str
-    meta: dict
-    cfg: DecoderConfig
+    record: CheckpointRecord
+    cfg: object
+
+    @property
+    def family(self) -> family_lib.ModelFamily:
+        return family_lib.by_name(self.record.family)
 
 
 def _one_line(error: Exception) -> str:
@@ -52,8 +57,8 @@ def locate(model_dir: str, step: int | None = None) -> RunCheckpoint:
     elif step not in steps:
         raise ConfigError(f"{directory} has no step {step}; it has steps {sorted(steps)}.")
     step_dir = os.path.join(directory, str(step))
-    meta = read_meta(step_dir)
-    return RunCheckpoint(model_dir, step, step_dir, meta, model_config(meta, step_dir))
+    record = CheckpointRecord.from_json(read_meta(step_dir))
+    return RunCheckpoint(model_dir, step, step_dir, record, model_config(record, step_dir))
 
 
 def read_meta(step_dir: str) -> dict:
@@ -65,15 +70,13 @@ def read_meta(step_dir: str) -> dict:
                           "choose another --step.") from None
 
 
-def model_config(meta: dict, step_dir: str) -> DecoderConfig:
-    """The decoder config the checkpoint was written with (its layer layout included)."""
-    if "model_config" not in meta:
+def model_config(record: CheckpointRecord, step_dir: str):
+    """The model config the checkpoint was written with (its layer layout included), in
+    its family's config type."""
+    if not record.model_config:
         raise ConfigError(f"{step_dir} records no model config; it was not written by "
                           "t5x_lite's trainer.")
-    known = {field.name for field in dataclasses.fields(DecoderConfig)}
-    values = {key: value for key, value in meta["model_config"].items() if key in known}
-    values["scan_layers"] = bool(meta.get("scan_layers", values.get("scan_layers", True)))
-    return DecoderConfig(**values)
+    return record.model_config_of(family_lib.by_name(record.family).config_type)
 
 
 def restore_sharded_params(checkpoint: RunCheckpoint, mesh=None,
@@ -98,7 +101,7 @@ def to_host(tree) -> dict:
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def host_layers(params: dict, cfg: DecoderConfig) -> Iterator[tuple[int, dict]]:
+def host_layers(params: dict, cfg) -> Iterator[tuple[int, dict]]:
     """(index, that block's params on the host), one block at a time."""
     for index in range(cfg.num_layers):
         if cfg.scan_layers:

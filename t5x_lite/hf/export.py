@@ -19,13 +19,8 @@ import os
 import jax.numpy as jnp
 
 from t5x_lite.errors import ConfigError
-from t5x_lite.hf import (
-    checkpoint_reader,
-    convert,
-    llama_config,
-    output_dir,
-    tokenizer_files,
-)
+from t5x_lite.hf import checkpoint_reader, llama_config, mapping, output_dir, tokenizer_files
+from t5x_lite.hf.mapping import HFMapping
 from t5x_lite.hf.safetensors_writer import (
     DEFAULT_MAX_SHARD_SIZE,
     ShardedSafetensorsWriter,
@@ -56,7 +51,7 @@ def _check_options(dtype: str, max_shard_size: str) -> int:
 
 
 def _token_ids(checkpoint, vocabulary: RunVocabulary) -> llama_config.TokenIds:
-    imported = checkpoint.meta.get("hf")
+    imported = checkpoint.record.hf
     if imported is not None:
         return llama_config.TokenIds(**imported.get("token_ids", {}))
     seqio_vocabulary = vocabulary.seqio_vocabulary
@@ -74,20 +69,13 @@ def _check_vocab_size(cfg, vocabulary: RunVocabulary) -> None:
                           "config disagree.")
 
 
-def write_weights(params: dict, cfg, directory: str, dtype: str, max_shard_bytes: int):
+def write_weights(hf: HFMapping, params: dict, cfg, directory: str, dtype: str,
+                  max_shard_bytes: int):
     """Streams the params, layer by layer, into safetensors files; returns their names."""
     writer = ShardedSafetensorsWriter(directory, max_shard_bytes)
-    to_host = checkpoint_reader.to_host
-
-    def add(tensors: dict) -> None:
+    for tensors in hf.tensors_to_hf(params, cfg):
         for name, value in tensors.items():
             writer.add(name, value.astype(jnp.dtype(dtype)))
-
-    add(convert.embedding_to_hf(to_host(params["embed_VD"])))
-    for index, layer in checkpoint_reader.host_layers(params, cfg):
-        add(convert.layer_to_hf(layer, index))
-    lm_head_DV = None if cfg.tie_embeddings else to_host(params["lm_head_DV"])
-    add(convert.head_to_hf(to_host(params["final_norm"]["scale"]), lm_head_DV))
     return writer.close()
 
 
@@ -118,18 +106,19 @@ def export(model_dir: str, out: str, *, step: int | None = None, dtype: str = "f
     max_shard_bytes = _check_options(dtype, max_shard_size)
     output_dir.check_writable(out, overwrite, protected=(model_dir,))
     checkpoint = checkpoint_reader.locate(model_dir, step)
-    cfg = checkpoint.cfg
-    llama_config.check_expressible(cfg)
+    cfg, hf = checkpoint.cfg, mapping.for_family(checkpoint.record.family)
+    hf.check_expressible(cfg)
     if vocabulary is None:
-        vocabulary = run_vocabulary(checkpoint.meta, checkpoint.model_dir, checkpoint.step_dir)
+        vocabulary = run_vocabulary(checkpoint.record, checkpoint.model_dir,
+                                    checkpoint.step_dir)
     _check_vocab_size(cfg, vocabulary)
     token_ids = _token_ids(checkpoint, vocabulary)
-    config = llama_config.to_llama(
+    config = hf.config_to_hf(
         cfg, dtype=dtype, token_ids=token_ids,
         max_position_embeddings=vocabulary.sequence_length or DEFAULT_MAX_POSITIONS)
     params = checkpoint_reader.restore_sharded_params(checkpoint)
     with output_dir.atomic_directory(out, overwrite) as partial:
-        weight_files = write_weights(params, cfg, partial, dtype, max_shard_bytes)
+        weight_files = write_weights(hf, params, cfg, partial, dtype, max_shard_bytes)
         _write_json(partial, "config.json", config)
         _write_json(partial, "generation_config.json",
                     llama_config.generation_config(token_ids))

@@ -1,10 +1,10 @@
-"""`t5x_lite import-hf`: a local Llama `transformers` checkpoint as a t5x_lite checkpoint.
+"""`t5x_lite import-hf`: a local `transformers` checkpoint (Llama) as a t5x_lite checkpoint.
 
 Writes, all or nothing (`output_dir`):
 
     MODEL_DIR/checkpoints/0/state   {"params": ...}, float32, in the scanned or unscanned layout
     MODEL_DIR/checkpoints/0/meta    model config, layer layout, and an `hf` record
-    MODEL_DIR/model.gin             the DecoderConfig bindings of the model
+    MODEL_DIR/model.gin             the gin bindings of the model config
     MODEL_DIR/hf_tokenizer/         the source's tokenizer files, if it has any
 
 A fine-tune starts from it with `--gin_file=MODEL_DIR/model.gin` (in place of a
@@ -19,13 +19,11 @@ import json
 import os
 
 from t5x_lite.errors import ConfigError
-from t5x_lite.hf import convert, llama_config, output_dir, tokenizer_files
-from t5x_lite.models.decoder.config import DecoderConfig
+from t5x_lite.hf import llama_config, mapping, output_dir, tokenizer_files
+from t5x_lite.checkpoints.record import CheckpointRecord
 
 TOKENIZER_DIR = "hf_tokenizer"
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers older checkpoints saved
-_GIN_FIELDS = ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-               "vocab_size", "rope_theta", "norm_eps", "tie_embeddings", "scan_layers")
 
 
 def read_llama_config(hf_dir: str) -> dict:
@@ -56,10 +54,10 @@ def weight_files(hf_dir: str) -> dict[str, str]:
         return dict.fromkeys(f.keys(), single)
 
 
-def _check_names(files: dict[str, str], expected: dict, hf_dir: str) -> None:
+def _check_names(files: dict[str, str], expected: dict, optional: set[str], hf_dir: str) -> None:
     present = {name for name in files if not name.endswith(_IGNORED_SUFFIXES)}
     missing = [name for name in expected if name not in present]
-    unexpected = sorted(present - set(expected) - {convert.LM_HEAD})
+    unexpected = sorted(present - set(expected) - optional)
     if missing or unexpected:
         what = (f"missing {missing[:3]}" if missing else f"unsupported tensors {unexpected[:3]}")
         raise ConfigError(f"the weights in {hf_dir} do not match a plain LlamaForCausalLM "
@@ -82,14 +80,6 @@ def read_tensors(files: dict[str, str], expected: dict[str, tuple]) -> dict:
     return tensors
 
 
-def model_gin(cfg: DecoderConfig, hf_dir: str, model_dir: str) -> str:
-    lines = [f"# The model of the Llama checkpoint imported from {hf_dir}.",
-             "# Fine-tune: use this file in place of a models/decoder/*.gin file and set",
-             f"# INITIAL_CHECKPOINT_PATH = '{model_dir}' (with a new MODEL_DIR)."]
-    lines += [f"DecoderConfig.{name} = {getattr(cfg, name)!r}" for name in _GIN_FIELDS]
-    return "\n".join(lines) + "\n"
-
-
 def _save_checkpoint(directory: str, params: dict, meta: dict) -> None:
     from t5x_lite.checkpoints.manager import CheckpointConfig, Checkpointer
     checkpointer = Checkpointer(directory, CheckpointConfig(async_save=False))
@@ -98,39 +88,42 @@ def _save_checkpoint(directory: str, params: dict, meta: dict) -> None:
     checkpointer.close()
 
 
-def _meta(cfg: DecoderConfig, gin_text: str, hf_dir: str, llama: dict,
-          tokenizer_dir: str | None) -> dict:
-    return {"data_position": 0, "scan_layers": cfg.scan_layers,
-            "model_config": dataclasses.asdict(cfg), "gin_config": gin_text,
-            "hf": {"source": hf_dir, "tokenizer_dir": tokenizer_dir,
-                   "token_ids": dataclasses.asdict(llama_config.token_ids_from_llama(llama)),
-                   "max_position_embeddings": llama.get("max_position_embeddings")}}
+def _record(family: str, cfg, gin_text: str, hf_dir: str, llama: dict,
+            tokenizer_dir: str | None) -> dict:
+    hf = {"source": hf_dir, "tokenizer_dir": tokenizer_dir,
+          "token_ids": dataclasses.asdict(llama_config.token_ids_from_llama(llama)),
+          "max_position_embeddings": llama.get("max_position_embeddings")}
+    return CheckpointRecord(family, dataclasses.asdict(cfg), gin_config=gin_text,
+                            hf=hf).to_json()
 
 
 def import_checkpoint(hf_dir: str, out: str, *, scan_layers: bool = True,
-                      overwrite: bool = False) -> DecoderConfig:
+                      overwrite: bool = False):
     """Imports the Llama checkpoint in `hf_dir` as the t5x_lite model dir `out`."""
     hf_dir = os.path.abspath(hf_dir)
     out = output_dir.check_writable(out, overwrite, protected=(hf_dir,))
     llama = read_llama_config(hf_dir)
-    cfg = llama_config.from_llama(llama, scan_layers, where=f"{hf_dir}/config.json")
-    expected = convert.hf_tensor_shapes(cfg)
+    where = f"{hf_dir}/config.json"
+    hf = mapping.for_model_type(llama.get("model_type"), where)
+    cfg = hf.config_from_hf(llama, scan_layers, where)
+    expected = hf.hf_tensor_shapes(cfg)
     files = weight_files(hf_dir)
-    _check_names(files, expected, hf_dir)
-    params = convert.params_from_hf(read_tensors(files, expected), cfg)
-    gin_text = model_gin(cfg, hf_dir, out)
+    _check_names(files, expected, hf.optional_tensors(cfg), hf_dir)
+    params = hf.params_from_hf(read_tensors(files, expected), cfg)
+    gin_text = hf.model_gin(cfg, hf_dir, out)
     with output_dir.atomic_directory(out, overwrite) as partial:
         copied = tokenizer_files.copy_tokenizer_files(hf_dir, os.path.join(partial,
                                                                            TOKENIZER_DIR))
         tokenizer_dir = TOKENIZER_DIR if copied else None
-        _save_checkpoint(partial, params, _meta(cfg, gin_text, hf_dir, llama, tokenizer_dir))
+        _save_checkpoint(partial, params,
+                         _record(hf.family, cfg, gin_text, hf_dir, llama, tokenizer_dir))
         with open(os.path.join(partial, "model.gin"), "w") as f:
             f.write(gin_text)
     return cfg
 
 
 def import_command(hf_dir: str | None, out: str | None, scan_layers: bool,
-                   overwrite: bool) -> DecoderConfig:
+                   overwrite: bool):
     """`t5x_lite import-hf`: checks the flags, imports, and says what it wrote."""
     if not hf_dir or not out:
         raise ConfigError("import-hf needs --hf_dir (a local transformers Llama checkpoint) "

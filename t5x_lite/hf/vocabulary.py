@@ -51,18 +51,23 @@ def data_config_from_gin(gin_config: str, where: str):
         gin.clear_config()
 
 
-def run_vocabulary(meta: dict, model_dir: str, where: str) -> RunVocabulary:
-    """The vocabulary of the checkpoint with record `meta` in run `model_dir`."""
-    imported = meta.get("hf")
+def run_vocabulary(record, model_dir: str, where: str) -> RunVocabulary:
+    """The vocabulary of the checkpoint with `record` (a CheckpointRecord) in run
+    `model_dir`: its data's Task names it, or, in older records, the recorded gin config."""
+    imported = record.hf
     if imported is not None:
         tokenizer_dir = imported.get("tokenizer_dir")
         return RunVocabulary(
             tokenizer_dir=os.path.join(model_dir, tokenizer_dir) if tokenizer_dir else None,
             sequence_length=imported.get("max_position_embeddings"))
-    if not meta.get("gin_config"):
-        raise ConfigError(f"{where} records no gin config, so its vocabulary is unknown.")
-    data = data_config_from_gin(meta["gin_config"], where)
     from t5x_lite.pipeline import input_pipeline
-    vocabulary = input_pipeline.output_vocabulary(data.mixture_or_task_name)
-    return RunVocabulary(seqio_vocabulary=vocabulary,
-                         sequence_length=dict(data.task_feature_lengths).get("targets"))
+    if record.data.mixture_or_task_name:
+        name, lengths = record.data.mixture_or_task_name, record.data.task_feature_lengths
+    elif record.gin_config:
+        data = data_config_from_gin(record.gin_config, where)
+        name, lengths = data.mixture_or_task_name, data.task_feature_lengths
+    else:
+        raise ConfigError(f"{where} records no data or gin config, so its vocabulary is "
+                          "unknown.")
+    return RunVocabulary(seqio_vocabulary=input_pipeline.output_vocabulary(name),
+                         sequence_length=dict(lengths).get("targets"))

@@ -1,14 +1,13 @@
-"""Autoregressive decoding with a KV cache, and scoring of given targets.
+"""Autoregressive decoding and scoring of given targets, for any model family.
 
 Sequences follow the training layout: the model input starts with the start
 token (id 0, the shift-right token of `decoder_input_tokens`), then the prompt;
 what the model predicts after the prompt's last token is its continuation.
 `decode` and `score` add the start token themselves.
 
-Batched prompts are left-padded: every row's prompt ends at cache slot P - 1,
-so each step writes one slot shared by all rows, while positions count from
-each row's own start (RoPE sees the positions the prompt has alone). Pad slots
-are never attended to.
+Batched prompts are left-padded: every row's prompt ends at slot P - 1; the
+family's `prefill` and `extend` run them and each new token (the decoder with a
+KV cache).
 
 Log-probs are those of the model's distribution (log-softmax of the logits,
 before temperature, top-k or top-p), so a row's score does not depend on the
@@ -30,10 +29,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from t5x_lite.parallel import partitioning
-from t5x_lite.models.decoder.config import DecoderConfig
-from t5x_lite.models.decoder.model import KVCache, init_cache
-from t5x_lite.parallel.partitioning import constrain
-from t5x_lite.train.state import ModelSpec
+from t5x_lite.models.spec import ModelSpec
 
 START_ID = 0
 PAD_ID = 0
@@ -88,43 +84,14 @@ def _top_p_filter(logits_BV, top_p: float):
     return jnp.where(logits_BV < threshold_B1, -jnp.inf, logits_BV)
 
 
-def cache_mask(starts_B: jax.Array, index, num_new: int, num_slots: int) -> jax.Array:
-    """[B, 1, T, S]: new token t (at slot index + t) sees the row's slots from its
-    start up to its own."""
-    slot_S = jnp.arange(num_slots)
-    query_slot_T = index + jnp.arange(num_new)
-    causal_TS = slot_S[None, :] <= query_slot_T[:, None]
-    in_row_BS = slot_S[None, :] >= starts_B[:, None]
-    return (in_row_BS[:, None, :] & causal_TS[None])[:, None]
-
-
-def prefill(model, tokens_BP: jax.Array, starts_B: jax.Array, num_slots: int):
-    """Runs left-padded prompts (row b starts at slot starts_B[b]) into a fresh
-    cache of `num_slots` slots; returns (next-token logits [B, V], cache)."""
-    batch, prompt_len = tokens_BP.shape
-    positions_BP = jnp.maximum(jnp.arange(prompt_len)[None, :] - starts_B[:, None], 0)
-    cache = init_cache(model.cfg, batch, num_slots)
-    cache = KVCache(*(constrain(x, ("layers", "batch", "length", "kv_heads", "head_dim"))
-                      for x in cache))
-    mask_B1PS = cache_mask(starts_B, 0, prompt_len, num_slots)
-    return model.decode(tokens_BP, positions_BP, mask_B1PS, cache, 0)
-
-
-def extend(model, token_B: jax.Array, starts_B: jax.Array, slot, cache: KVCache):
-    """Runs one new token per row at `slot`; returns (next-token logits [B, V], cache)."""
-    num_slots = cache.k_LBSKH.shape[2]
-    positions_B1 = (slot - starts_B)[:, None]
-    mask_B11S = cache_mask(starts_B, slot, 1, num_slots)
-    return model.decode(token_B[:, None], positions_B1, mask_B11S, cache, slot)
-
-
 def _generate(spec: ModelSpec, params, tokens_BP, starts_B, key_data, eos_id, *,
               max_decode_len: int, sampling: SamplingConfig):
     """The decode loop: (tokens [B, L], log-probs [B, L]) of the continuations."""
-    model = spec.bind(params)
+    family, cfg, model = spec.family, spec.cfg, spec.bind(params)
     batch, prompt_len = tokens_BP.shape
     rng = jax.random.wrap_key_data(key_data)
-    logits_BV, cache = prefill(model, tokens_BP, starts_B, prompt_len + max_decode_len)
+    logits_BV, cache = family.prefill(cfg, model, tokens_BP, starts_B,
+                                      prompt_len + max_decode_len)
     tokens_BL = jnp.full((batch, max_decode_len), PAD_ID, jnp.int32)
     log_probs_BL = jnp.zeros((batch, max_decode_len), jnp.float32)
     done_B = jnp.zeros((batch,), jnp.bool_)
@@ -137,7 +104,7 @@ def _generate(spec: ModelSpec, params, tokens_BP, starts_B, key_data, eos_id, *,
         log_prob_B = jnp.where(done_B, 0.0, log_prob_B[:, 0])
         tokens_BL = jax.lax.dynamic_update_index_in_dim(tokens_BL, token_B, i, axis=1)
         log_probs_BL = jax.lax.dynamic_update_index_in_dim(log_probs_BL, log_prob_B, i, axis=1)
-        logits_BV, cache = extend(model, token_B, starts_B, prompt_len + i, cache)
+        logits_BV, cache = family.extend(cfg, model, token_B, starts_B, prompt_len + i, cache)
         return i + 1, logits_BV, cache, tokens_BL, log_probs_BL, done_B | (token_B == eos_id)
 
     def unfinished(loop):
@@ -164,29 +131,6 @@ def pad_prompts(prompts: Sequence[Sequence[int]], prompt_length: int | None = No
     for b, row in enumerate(rows):
         tokens_BP[b, starts_B[b]:] = row
     return tokens_BP, starts_B
-
-
-def target_batch(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
-                 length: int | None = None) -> dict:
-    """Training-layout rows (right-padded) of start token + inputs + targets, with
-    loss weight 1 exactly on the target tokens."""
-    rows = [[START_ID, *x, *y] for x, y in zip(inputs, targets, strict=True)]
-    longest = max(len(row) for row in rows) - 1
-    width = longest if length is None else length
-    if width < longest:
-        raise ValueError(f"length={length} is shorter than the longest inputs + targets "
-                         f"({longest} tokens).")
-    batch = {key: np.zeros((len(rows), width), np.int32) for key in (
-        "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-        "decoder_segment_ids", "decoder_positions")}
-    for b, (row, target) in enumerate(zip(rows, targets)):
-        n = len(row) - 1
-        batch["decoder_input_tokens"][b, :n] = row[:-1]
-        batch["decoder_target_tokens"][b, :n] = row[1:]
-        batch["decoder_loss_weights"][b, n - len(target):n] = 1
-        batch["decoder_segment_ids"][b, :n] = 1
-        batch["decoder_positions"][b, :n] = np.arange(n)
-    return batch
 
 
 def decode(spec: ModelSpec, params, prompts: Sequence[Sequence[int]], max_decode_len: int,
@@ -224,32 +168,23 @@ def score(spec: ModelSpec, params, inputs: Sequence[Sequence[int]],
     tokens' log-probs). `length` pads rows to a fixed length (see `decode`)."""
     rules = _frozen_rules(rules)
     log_likelihood = _compiled_log_likelihood(spec.cfg, mesh, rules)
-    batch = target_batch(inputs, targets, length)
+    batch = spec.family.example_batch(inputs, targets, length)
     with _activation_sharding(mesh, rules):
         params = _place_params(spec, params, mesh, rules)
         batch = dict(zip(batch, _place_rows(tuple(batch.values()), mesh, rules)))
         return np.asarray(log_likelihood(params, batch))
 
 
-def _log_likelihood(spec: ModelSpec, params, batch):
-    logits_BTV = spec.logits(params, batch)
-    log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-    target_BT1 = batch["decoder_target_tokens"][..., None]
-    target_logit_BT = jnp.take_along_axis(logits_BTV, target_BT1, axis=-1)[..., 0]
-    weights_BT = batch["decoder_loss_weights"].astype(jnp.float32)
-    return jnp.sum((target_logit_BT - log_z_BT) * weights_BT, axis=-1)
-
-
 @functools.lru_cache(maxsize=16)
-def _compiled_generate(cfg: DecoderConfig, max_decode_len, sampling, mesh, rules):
+def _compiled_generate(cfg, max_decode_len, sampling, mesh, rules):
     generate = functools.partial(_generate, ModelSpec.create(cfg), max_decode_len=max_decode_len,
                                  sampling=sampling)
     return jax.jit(generate, out_shardings=_replicated(mesh))
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_log_likelihood(cfg: DecoderConfig, mesh, rules):
-    log_likelihood = functools.partial(_log_likelihood, ModelSpec.create(cfg))
+def _compiled_log_likelihood(cfg, mesh, rules):
+    log_likelihood = ModelSpec.create(cfg).score
     return jax.jit(log_likelihood, out_shardings=_replicated(mesh))
 
 

@@ -17,7 +17,7 @@ from t5x_lite.inference import decoding, evaluation
 from t5x_lite.parallel import partitioning
 from t5x_lite.errors import ConfigError
 from t5x_lite.hf import checkpoint_reader
-from t5x_lite.train.state import ModelSpec
+from t5x_lite.models.spec import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +114,7 @@ def infer_command(model_dir: str | None, step: int | None, prompts: list[str],
     prompts = read_prompts(prompts, prompts_file)
     sampling, rules = decoding.SamplingConfig(), partitioning.axis_rules()
     model = load(model_dir, step, mesh_shape, rules[0])
-    vocabulary = run_vocabulary(model.checkpoint.meta, model.checkpoint.model_dir,
+    vocabulary = run_vocabulary(model.checkpoint.record, model.checkpoint.model_dir,
                                 model.checkpoint.step_dir).seqio_vocabulary
     if vocabulary is None:
         raise ConfigError(f"{model.checkpoint.step_dir} has no t5x_lite vocabulary (an "

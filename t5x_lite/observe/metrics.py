@@ -11,18 +11,7 @@ import jax.numpy as jnp
 import tqdm
 from tensorboardX import SummaryWriter
 
-from t5x_lite.analysis import chips
-from t5x_lite.models.decoder.config import DecoderConfig
-
-
-def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
-    """Forward + backward FLOPs per token: 6 x matmul params plus attention
-    scores and values (12 L T N H, full T as in the PaLM paper's accounting)."""
-    D, N, K, H, F = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
-    per_layer = D * N * H * 2 + D * K * H * 2 + 3 * D * F
-    matmul_params = cfg.num_layers * per_layer + D * cfg.vocab_size
-    attention = 12 * cfg.num_layers * seq_len * N * H
-    return 6 * matmul_params + attention
+from t5x_lite.observe import chips
 
 
 def measure_host_flops(size: int = 1024, repeats: int = 5) -> float:

@@ -7,10 +7,10 @@ repeats it forever, packs it and batches it to B / S rows. Rows
 P reads only shards s with s // (S / P) == p, so the global batch is a pure function
 of (seed, position) and is the same for every P that divides S.
 
-Tasks with a `targets` feature only are language-modeling data (loss on every
-token). Tasks with `inputs` and `targets` are instruction data: lengths
-{'inputs': N, 'targets': M} give rows of N + M tokens, each example its inputs
-then its targets, with loss on the targets only (`InstructionFeatureConverter`).
+Tasks with a `targets` feature only are language-modeling data; Tasks with `inputs`
+and `targets` are instruction data. The model family's feature converter turns either
+into the features its model reads (the decoder: rows of inputs then targets, with loss
+on the targets only); the family defaults to the decoder.
 """
 
 import dataclasses
@@ -26,11 +26,10 @@ import tensorflow as tf
 
 from t5x_lite import data  # Registers the built-in Tasks; hides accelerators from TF.
 from t5x_lite.errors import ConfigError
-from t5x_lite.train.steps import BATCH_KEYS
+from t5x_lite.models import family as family_lib
 
 data.hide_accelerators_from_tensorflow()
 
-MODEL_FEATURES = BATCH_KEYS
 _EVAL_SEED = 0  # Eval data does not depend on the training seed.
 
 
@@ -108,32 +107,39 @@ def output_vocabulary(mixture_or_task_name: str) -> seqio.Vocabulary:
     return _provider(mixture_or_task_name).output_features["targets"].vocabulary
 
 
-def feature_converter(cfg: DataConfig) -> seqio.FeatureConverter:
-    """Loss on targets only for instruction data, on every token for language-modeling data."""
-    if _is_instruction_data(cfg):
-        return data.InstructionFeatureConverter(pack=cfg.pack)
-    return seqio.DecoderFeatureConverter(pack=cfg.pack)
+def feature_converter(cfg: DataConfig,
+                      family: family_lib.ModelFamily | None = None) -> seqio.FeatureConverter:
+    """The family's converter for the kind of data `cfg` reads (the decoder's by default)."""
+    family = family or family_lib.default()
+    return family.feature_converter(_is_instruction_data(cfg), cfg.pack)
 
 
-def train_batches(cfg: DataConfig, start_position: int, process_index: int,
-                  process_count: int) -> Iterator[dict[str, np.ndarray]]:
-    """This process's rows of global batches `start_position`, `start_position + 1`, ..."""
+def train_batches(cfg: DataConfig, start_position: int, process_index: int, process_count: int,
+                  family: family_lib.ModelFamily | None = None
+                  ) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of global batches `start_position`, `start_position + 1`, ..., in
+    the features of `family` (default: the decoder)."""
     shards = _owned_shards(cfg, process_index, process_count)
     _check_split(cfg, "train", cfg.shuffle)
     if start_position < 0:
         raise ConfigError(f"start_position={start_position}: the data position cannot be negative.")
-    datasets = [_shard_batches(cfg, shard, "train", cfg.shuffle, _shard_seed(cfg.seed, shard))
-                .skip(start_position) for shard in shards]
+    converter = feature_converter(cfg, family)
+    datasets = [_shard_batches(cfg, converter, shard, "train", cfg.shuffle,
+                               _shard_seed(cfg.seed, shard)).skip(start_position)
+                for shard in shards]
     return _process_rows(datasets, shards, cfg, "train")
 
 
-def eval_batches(cfg: DataConfig, num_batches: int, process_index: int,
-                 process_count: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(cfg: DataConfig, num_batches: int, process_index: int, process_count: int,
+                 family: family_lib.ModelFamily | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of the first `num_batches` global batches of the eval split."""
     shards = _owned_shards(cfg, process_index, process_count)
     _check_split(cfg, cfg.eval_split, shuffle=False)
-    datasets = [_shard_batches(cfg, shard, cfg.eval_split, False, _shard_seed(_EVAL_SEED, shard))
-                .take(num_batches) for shard in shards]
+    converter = feature_converter(cfg, family)
+    datasets = [_shard_batches(cfg, converter, shard, cfg.eval_split, False,
+                               _shard_seed(_EVAL_SEED, shard)).take(num_batches)
+                for shard in shards]
     return _process_rows(datasets, shards, cfg, cfg.eval_split)
 
 
@@ -212,31 +218,21 @@ def _shard_seed(seed: int, shard: int) -> int:
     return int.from_bytes(digest[:4], "little") >> 1
 
 
-def _shard_batches(cfg: DataConfig, shard: int, split: str, shuffle: bool,
-                   seed: int) -> tf.data.Dataset:
+def _shard_batches(cfg: DataConfig, converter: seqio.FeatureConverter, shard: int, split: str,
+                   shuffle: bool, seed: int) -> tf.data.Dataset:
     """Shard `shard`'s batches of B / S rows of model features, repeating forever."""
     dataset = seqio.get_dataset(
         cfg.mixture_or_task_name,
         task_feature_lengths=dict(cfg.task_feature_lengths),
-        feature_converter=feature_converter(cfg),
+        feature_converter=converter,
         dataset_split=split,
         shuffle=shuffle,
         num_epochs=None,
         shard_info=seqio.ShardInfo(index=shard, num_shards=cfg.shard_count),
         seed=seed,
         verbose=False)
-    if not cfg.pack and "decoder_segment_ids" not in dataset.element_spec:
-        dataset = dataset.map(_with_unpacked_segments)
     dataset = dataset.batch(cfg.global_batch_size // cfg.shard_count, drop_remainder=True)
     return dataset.with_options(_deterministic_options())
-
-
-def _with_unpacked_segments(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """Gives unpacked rows the segment ids and positions packed rows have."""
-    targets = features["decoder_target_tokens"]
-    return {**features,
-            "decoder_segment_ids": tf.cast(targets != 0, tf.int32),
-            "decoder_positions": tf.range(tf.size(targets), dtype=tf.int32)}
 
 
 def _deterministic_options() -> tf.data.Options:
@@ -262,4 +258,4 @@ def _process_rows(datasets: list[tf.data.Dataset], shards: list[int], cfg: DataC
                 return
             batches.append(batch)
         yield {key: np.concatenate([batch[key] for batch in batches]).astype(np.int32)
-               for key in MODEL_FEATURES}
+               for key in batches[0]}

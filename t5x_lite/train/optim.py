@@ -42,13 +42,19 @@ def decay_mask(params, exclude: Sequence[str]):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-@gin.configurable
+@gin.configurable(denylist=["model_no_decay"])
 def create_optimizer(schedule: optax.Schedule, name: str = "adamw", b1: float = 0.9,
                      b2: float = 0.95, eps: float = 1e-8, weight_decay: float = 0.1,
-                     decay_exclude: Sequence[str] = ("embed_VD",),
-                     clip_norm: float | None = 1.0) -> optax.GradientTransformation:
-    """AdamW or Adafactor behind global-norm clipping, with a weight-decay mask."""
-    mask = lambda params: decay_mask(params, decay_exclude)  # noqa: E731
+                     decay_exclude: Sequence[str] | None = None,
+                     clip_norm: float | None = 1.0,
+                     model_no_decay: Sequence[str] = ()) -> optax.GradientTransformation:
+    """AdamW or Adafactor behind global-norm clipping, with a weight-decay mask.
+
+    `decay_exclude` names parameters that never decay; None takes the model family's
+    `model_no_decay` (the decoder's embedding table).
+    """
+    exclude = model_no_decay if decay_exclude is None else decay_exclude
+    mask = lambda params: decay_mask(params, exclude)  # noqa: E731
     if name == "adamw":
         core = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
     elif name == "adafactor":

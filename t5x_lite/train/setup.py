@@ -14,65 +14,90 @@ from t5x_lite.train import optim, steps
 from t5x_lite.resilience.divergence import DivergenceConfig
 from t5x_lite.errors import ConfigError
 from t5x_lite.resilience.faults import FaultInjector
-from t5x_lite.models.decoder.config import DecoderConfig
-from t5x_lite.train.state import ModelSpec, state_shardings
+from t5x_lite.models import family as family_lib
+from t5x_lite.models.family import FeatureSpec
+from t5x_lite.models.spec import ModelSpec
+from t5x_lite.train.state import state_shardings
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
     """Everything the train step is built from, for one mesh."""
 
-    cfg: DecoderConfig
     spec: ModelSpec
     mesh: Mesh
     schedule: object
     optimizer: object
     abstract: dict
     shardings: dict
-    batch_sharding: NamedSharding
+    features: dict[str, FeatureSpec]
+    batch_shardings: dict[str, NamedSharding]
     activation_rules: tuple
     global_batch_size: int
-    sequence_length: int
+    task_feature_lengths: dict[str, int]
     num_microbatches: int
     faults: FaultInjector
     divergence: DivergenceConfig
 
     @property
+    def cfg(self):
+        return self.spec.cfg
+
+    @property
+    def sequence_length(self) -> int:
+        """Tokens one batch row counts."""
+        return self.spec.family.tokens_per_row(self.task_feature_lengths)
+
+    @property
     def tokens_per_step(self) -> int:
         return self.global_batch_size * self.sequence_length
+
+    @property
+    def flops_per_token(self) -> float:
+        return self.spec.family.flops_per_token(self.cfg, self.task_feature_lengths)
 
     def train_step(self):
         """The jitted train step (steps.make_train_step); call under `activation_sharding`."""
         return steps.make_train_step(
-            self.spec, self.optimizer, self.schedule, self.shardings, self.batch_sharding,
+            self.spec, self.optimizer, self.schedule, self.shardings, self.batch_shardings,
             self.num_microbatches, self.faults, self.divergence)
 
+    def eval_step(self):
+        return steps.make_eval_step(self.spec, self.shardings["params"], self.batch_shardings)
 
-def resolve_vocab(model_config: DecoderConfig, mixture_or_task_name: str) -> DecoderConfig:
-    """The model config with its vocabulary size; asks the task only when the config has none."""
-    if model_config.vocab_size is not None:
+
+def resolve_vocab(model_config, mixture_or_task_name: str):
+    """The model config with what the task decides filled in; asks the task for its
+    vocabulary only when the config has no size of its own."""
+    if getattr(model_config, "vocab_size", None) is not None:
         return model_config
     from t5x_lite.pipeline import input_pipeline
     vocab = input_pipeline.output_vocabulary(mixture_or_task_name)
-    return model_config.with_vocab(vocab.vocab_size)
+    return family_lib.for_config(model_config).resolve(model_config, vocab.vocab_size)
 
 
-def build_setup(model_config: DecoderConfig, data, num_microbatches: int,
-                mesh: Mesh) -> TrainSetup:
+def batch_shardings(features: dict[str, FeatureSpec], global_batch_size: int, mesh: Mesh,
+                    activation_rules) -> dict[str, NamedSharding]:
+    """One sharding per batch feature, from its logical axes."""
+    return {key: partitioning.named_sharding(
+        feature.logical_axes, (global_batch_size, feature.length), mesh, activation_rules)
+        for key, feature in features.items()}
+
+
+def build_setup(model_config, data, num_microbatches: int, mesh: Mesh) -> TrainSetup:
     """Spec, optimizer (gin), shardings and abstract state of `model_config` on `mesh`."""
     cfg = resolve_vocab(model_config, data.mixture_or_task_name)
+    spec = ModelSpec.create(cfg)
     param_rules, activation_rules = partitioning.axis_rules()
     schedule = optim.create_schedule()
-    optimizer = optim.create_optimizer(schedule)
-    spec = ModelSpec.create(cfg)
+    optimizer = optim.create_optimizer(schedule, model_no_decay=spec.family.no_decay(cfg))
     abstract, shardings = state_shardings(spec, optimizer, mesh, param_rules)
-    batch_sharding = partitioning.named_sharding(
-        ("batch", "length"), (data.global_batch_size, data.sequence_length), mesh,
-        activation_rules)
-    return TrainSetup(cfg, spec, mesh, schedule, optimizer, abstract, shardings,
-                      batch_sharding, activation_rules, data.global_batch_size,
-                      data.sequence_length, num_microbatches, FaultInjector(),
-                      DivergenceConfig())
+    lengths = dict(data.task_feature_lengths)
+    features = spec.family.features(cfg, lengths)
+    return TrainSetup(spec, mesh, schedule, optimizer, abstract, shardings, features,
+                      batch_shardings(features, data.global_batch_size, mesh, activation_rules),
+                      activation_rules, data.global_batch_size, lengths, num_microbatches,
+                      FaultInjector(), DivergenceConfig())
 
 
 def check_batch_layout(setup: TrainSetup) -> None:

@@ -1,57 +1,17 @@
-"""The train state {step, params, opt_state} as plain pytrees on the mesh.
+"""The train state {step, params, opt_state, health} as plain pytrees on the mesh.
 
-The model is split once into a graph definition and a template of its
-parameters; params then travel as a nested dict of arrays, which is what
-optax, orbax and the exporters want. Shapes come from `jax.eval_shape`, so no
-host ever holds the full model; init runs jitted straight into its shardings.
+Shapes come from `jax.eval_shape`, so no host ever holds the full model; init runs
+jitted straight into its shardings.
 """
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 from jax.sharding import Mesh
 
 from t5x_lite.parallel import partitioning
 from t5x_lite.resilience.divergence import init_health
-from t5x_lite.models.decoder.config import DecoderConfig
-from t5x_lite.models.decoder.model import Decoder
-
-
-def _is_variable(x) -> bool:
-    return isinstance(x, nnx.Variable)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """A model without values: graph, parameter template and logical axes."""
-
-    cfg: DecoderConfig
-    graphdef: nnx.GraphDef
-    template: nnx.State
-    logical_axes: dict
-
-    @classmethod
-    def create(cls, cfg: DecoderConfig) -> "ModelSpec":
-        abstract_model = nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(0)))
-        graphdef, template = nnx.split(abstract_model)
-        axes = jax.tree.map(lambda v: v.get_metadata()["logical_axes"], template,
-                            is_leaf=_is_variable)
-        return cls(cfg, graphdef, template, nnx.to_pure_dict(axes))
-
-    def init_params(self, seed: int) -> dict:
-        return nnx.to_pure_dict(nnx.state(Decoder(self.cfg, nnx.Rngs(seed))))
-
-    def bind(self, params: dict) -> Decoder:
-        state = jax.tree.map(lambda v: v, self.template, is_leaf=_is_variable)
-        nnx.replace_by_pure_dict(state, params)
-        return nnx.merge(self.graphdef, state)
-
-    def logits(self, params: dict, batch: dict) -> jax.Array:
-        return self.bind(params)(batch["decoder_input_tokens"], batch["decoder_positions"],
-                                 batch["decoder_segment_ids"])
+from t5x_lite.models.spec import ModelSpec
 
 
 def new_state(spec: ModelSpec, optimizer: optax.GradientTransformation, params: dict) -> dict:

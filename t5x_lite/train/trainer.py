@@ -11,18 +11,19 @@ import numpy as np
 
 from t5x_lite.observe import metrics as metrics_lib
 from t5x_lite.parallel import partitioning
-from t5x_lite.train import steps
 from t5x_lite.checkpoints.manager import CheckpointConfig, Checkpointer, restore_params
+from t5x_lite.checkpoints.record import CheckpointRecord, DataRecord
 from t5x_lite.resilience.divergence import DivergenceConfig
 from t5x_lite.errors import ConfigError
 from t5x_lite.resilience.faults import FaultInjector
 from t5x_lite.observe.goodput import Goodput
-from t5x_lite.models.decoder.config import DecoderConfig
+from t5x_lite.models import family as family_lib
 from t5x_lite.resilience.preemption import Preempted, PreemptionWatch
 from t5x_lite.observe.profiler import ProfileConfig, StepProfiler
 from t5x_lite.resilience.recovery import DivergenceLadder, RecoveryLog, Rollback
 from t5x_lite.train.setup import build_setup, check_batch_layout
-from t5x_lite.train.state import ModelSpec, init_state
+from t5x_lite.models.spec import ModelSpec
+from t5x_lite.train.state import init_state
 from t5x_lite.resilience.watchdog import Watchdog, WatchdogConfig
 
 
@@ -34,30 +35,33 @@ class Run:
     spec: ModelSpec
     mesh: jax.sharding.Mesh
     shardings: dict
-    batch_sharding: jax.sharding.NamedSharding
+    batch_shardings: dict
     abstract: dict
     checkpointer: Checkpointer
     recovery: RecoveryLog
     goodput: Goodput
-    data_meta: dict
+    data: DataRecord
     writer: metrics_lib.MetricsWriter | None = None
 
 
-def _global_batch(local_batch: dict, sharding) -> dict:
-    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-            for key, value in local_batch.items()}
+def _global_batch(local_batch: dict, shardings: dict) -> dict:
+    """The model's features (the keys of `shardings`) of this process's rows, as global
+    arrays."""
+    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[key]))
+            for key, sharding in shardings.items()}
 
 
 def _restore_or_init(run: Run, initial_state, check_resumable):
     """(state, data position, origin): latest in MODEL_DIR, else `initial_state()`.
-    `check_resumable(step, meta)` raises if the checkpoint's data position means
+    `check_resumable(step, position_unit)` raises if the checkpoint's data position means
     something else under this config."""
     with run.goodput.spend("restore"):
         restored = run.checkpointer.restore_latest(run.abstract, run.shardings)
     if restored is not None:
         step, state, meta = restored
-        check_resumable(step, meta)
-        return state, int(meta["data_position"]), f"restored step {step}"
+        record = CheckpointRecord.from_json(meta)
+        check_resumable(step, record.data.position_unit())
+        return state, record.data_position, f"restored step {step}"
     state, origin = initial_state()
     return state, 0, origin
 
@@ -81,16 +85,22 @@ def _evaluate(eval_step, params, eval_batches) -> float:
     return loss_sum / max(weight_sum, 1.0)
 
 
-def _meta(cfg: DecoderConfig, data_position: int, data_meta: dict | None = None) -> dict:
-    """A checkpoint's record; `data_meta` (input_pipeline.position_meta) says what the data
-    position counts."""
-    return {"data_position": data_position, **(data_meta or {}), "scan_layers": cfg.scan_layers,
-            "model_config": dataclasses.asdict(cfg), "gin_config": gin.config_str()}
+def _record(cfg, data_position: int, data: DataRecord = DataRecord()) -> dict:
+    """A checkpoint's record (meta), as JSON."""
+    return CheckpointRecord(family_lib.for_config(cfg).name, dataclasses.asdict(cfg),
+                            data_position, data, gin.config_str()).to_json()
+
+
+def _data_record(data, vocabulary) -> DataRecord:
+    return DataRecord(data.mixture_or_task_name, dict(data.task_feature_lengths),
+                      data.global_batch_size,
+                      {"type": type(vocabulary).__name__, "vocab_size": vocabulary.vocab_size,
+                       "eos_id": vocabulary.eos_id, "pad_id": vocabulary.pad_id})
 
 
 @gin.configurable
 def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
-          model_config: DecoderConfig = gin.REQUIRED, data=gin.REQUIRED,
+          model_config=gin.REQUIRED, data=gin.REQUIRED,
           mesh_shape=(-1, 1, 1), dcn_mesh_shape=None,
           initial_checkpoint_path: str | None = None, seed: int = 0,
           num_microbatches: int = 1, log_every: int = 10, eval_every: int | None = None,
@@ -98,7 +108,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           task_eval_every: int | None = None,
           checkpoint: CheckpointConfig = CheckpointConfig(),
           peak_flops_per_device: float | None = None) -> dict:
-    """Trains until `train_steps`; returns the last logged metrics.
+    """Trains `model_config` (a model family's config) until `train_steps`; returns the
+    last logged metrics.
 
     Every `eval_every` steps the loss on `eval_steps` validation batches is logged; every
     `task_eval_every` steps the seqio evaluation of `task_eval` (decoding, metrics) runs.
@@ -115,12 +126,14 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     input_pipeline.validate(data, jax.process_index(), jax.process_count())
     vocab = input_pipeline.output_vocabulary(data.mixture_or_task_name)
     mesh = partitioning.create_mesh(mesh_shape, dcn_mesh_shape=dcn_mesh_shape)
-    setup = build_setup(model_config.with_vocab(vocab.vocab_size), data, num_microbatches, mesh)
+    family = family_lib.for_config(model_config)
+    setup = build_setup(family.resolve(model_config, vocab.vocab_size), data, num_microbatches,
+                        mesh)
     check_batch_layout(setup)
-    run = Run(model_dir, setup.spec, mesh, setup.shardings, setup.batch_sharding,
+    run = Run(model_dir, setup.spec, mesh, setup.shardings, setup.batch_shardings,
               setup.abstract,
               Checkpointer(model_dir, checkpoint, setup.divergence.rollback_margin),
-              RecoveryLog(model_dir), goodput, input_pipeline.position_meta(data))
+              RecoveryLog(model_dir), goodput, _data_record(data, vocab))
 
     with partitioning.activation_sharding(mesh, setup.activation_rules):
         initial_state = functools.partial(_initial_state, run, setup.optimizer, seed,
@@ -130,18 +143,17 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
                                                   model_dir=model_dir))
         _write_config(model_dir)
         train_step = setup.train_step()
-        eval_step = steps.make_eval_step(setup.spec, setup.shardings["params"],
-                                         setup.batch_sharding)
+        eval_step = setup.eval_step()
         start_step = int(jax.device_get(state["step"]))
         furthest_step = metrics_lib.last_logged_step(model_dir)
         run.writer = metrics_lib.MetricsWriter(model_dir, train_steps, start_step)
-        run.writer.message(f"{origin}; {_param_count(setup.abstract['params']):,} params; "
+        run.writer.message(f"{origin}; {family.param_count(setup.cfg):,} params; "
                            f"mesh {dict(mesh.shape)}; data position {position}")
         context = _LoopContext(
             train_step=train_step, eval_step=eval_step, train_steps=train_steps,
             log_every=log_every, eval_every=eval_every,
             tokens_per_step=setup.tokens_per_step,
-            flops_per_token=metrics_lib.train_flops_per_token(setup.cfg, setup.sequence_length),
+            flops_per_token=setup.flops_per_token,
             peak_flops=metrics_lib.total_peak_flops(peak_flops_per_device),
             faults=setup.faults, divergence=setup.divergence, redo_until=furthest_step,
             initial_state=lambda: initial_state()[0],
@@ -149,10 +161,10 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
             evaluator=evaluation.evaluator(task_eval, data.task_feature_lengths) if task_eval
             else None,
             batches_from=lambda start: input_pipeline.train_batches(
-                data, start, jax.process_index(), jax.process_count()))
-        eval_batches = [_global_batch(batch, setup.batch_sharding)
+                data, start, jax.process_index(), jax.process_count(), family))
+        eval_batches = [_global_batch(batch, setup.batch_shardings)
                         for batch in input_pipeline.eval_batches(
-                            data, eval_steps, jax.process_index(), jax.process_count())
+                            data, eval_steps, jax.process_index(), jax.process_count(), family)
                         ] if eval_every else []
         profiler = StepProfiler(ProfileConfig(), model_dir)
         try:
@@ -202,7 +214,7 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
     batches, pending, logged = ctx.batches_from(position), None, {}
     run.goodput.start_steps(step)
     while step < ctx.train_steps:
-        batch = _global_batch(next(batches), run.batch_sharding)
+        batch = _global_batch(next(batches), run.batch_shardings)
         profiler.before_step(step + 1)
         state, step_metrics = ctx.train_step(state, batch, np.int32(position))
         meter.start()  # after the first dispatch, which compiled the step
@@ -294,7 +306,7 @@ def _save_if_healthy(run: Run, step: int, state, position: int, ladder: Divergen
     if not bool(jax.device_get(_all_finite(state["params"]))):
         run.recovery.record(step, "non_finite_params", "checkpoint_not_written")
         return
-    run.checkpointer.save(step, state, _meta(run.spec.cfg, position, run.data_meta), force=True)
+    run.checkpointer.save(step, state, _record(run.spec.cfg, position, run.data), force=True)
     run.goodput.checkpointed(step)
 
 
@@ -309,7 +321,8 @@ def _roll_back(run: Run, ctx: _LoopContext, step: int, rollback: Rollback):
         restored_step, state, position, target = 0, ctx.initial_state(), 0, "initial_state"
     else:
         restored_step, state, meta = restored
-        position, target = int(meta["data_position"]), f"step_{restored_step}"
+        position = CheckpointRecord.from_json(meta).data_position
+        target = f"step_{restored_step}"
     if rollback.lower_lr:
         health = {**state["health"], "lr_scale": state["health"]["lr_scale"]
                   * ctx.divergence.lr_factor}
@@ -354,19 +367,15 @@ class _Throughput:
 
 
 def _log(run: Run, ctx: _LoopContext, step: int, step_metrics, meter: _Throughput) -> dict:
-    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    values = jax.tree.map(float, jax.device_get(step_metrics))
     tokens_per_second = meter.tokens_per_second()
     scalars = {"loss": values["loss"], "learning_rate": values["learning_rate"],
-               "grad_norm": values["grad_norm"], "z_loss": values["z_loss"],
+               "grad_norm": values["grad_norm"], **values["aux"],
                "tokens_per_second": tokens_per_second,
                "mfu": tokens_per_second * ctx.flops_per_token / ctx.peak_flops}
     run.writer.write(step, scalars)
     run.writer.progress(step, scalars)
     return {"step": step, **scalars}
-
-
-def _param_count(abstract_params) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(abstract_params))
 
 
 def _check_model_dir(model_dir: str) -> None:

@@ -1,4 +1,9 @@
-"""The feature converter for instruction data on a causal decoder-only model.
+"""The decoder's seqio feature converters: language-modeling data and instruction data.
+
+`LanguageModelFeatureConverter` is seqio's decoder converter; unpacked, it adds the
+segment ids and positions packed rows have.
+
+For instruction data:
 
 seqio's `PrefixLMFeatureConverter(loss_on_targets_only=True)` concatenates each
 example's `inputs` and `targets` into one decoder sequence, packs sequences into
@@ -37,14 +42,27 @@ class InstructionFeatureConverter(seqio.PrefixLMFeatureConverter):
     def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         converted = dict(super()._convert_example(features))
         del converted[_CAUSAL_ATTENTION]
-        if not self.pack:
-            targets = converted["decoder_target_tokens"]
-            converted["decoder_segment_ids"] = tf.cast(targets != 0, tf.int32)
-            converted["decoder_positions"] = tf.range(tf.size(targets), dtype=tf.int32)
-        return converted
+        return converted if self.pack else _with_unpacked_segments(converted)
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
         lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
         del lengths[_CAUSAL_ATTENTION]
         row_length = lengths["decoder_target_tokens"]
         return {**lengths, **{key: row_length for key in _POSITION_FEATURES}}
+
+
+def _with_unpacked_segments(features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Segment 1 on tokens, 0 on padding; positions 0..L-1."""
+    targets = features["decoder_target_tokens"]
+    return {**features,
+            "decoder_segment_ids": tf.cast(targets != 0, tf.int32),
+            "decoder_positions": tf.range(tf.size(targets), dtype=tf.int32)}
+
+
+class LanguageModelFeatureConverter(seqio.DecoderFeatureConverter):
+    """Decoder features with loss on every token, the same five as instruction data's."""
+
+    def __call__(self, ds: tf.data.Dataset,
+                 task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+        converted = super().__call__(ds, task_feature_lengths)
+        return converted if self.pack else converted.map(_with_unpacked_segments)

@@ -1,0 +1,53 @@
+"""The decoder family's Hugging Face mapping: `LlamaForCausalLM`."""
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from t5x_lite.hf import checkpoint_reader, convert, llama_config
+from t5x_lite.hf.mapping import HFMapping
+
+_GIN_FIELDS = ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+               "vocab_size", "rope_theta", "norm_eps", "tie_embeddings", "scan_layers")
+
+
+class LlamaMapping(HFMapping):
+    family = "decoder"
+    model_type = "llama"
+
+    def check_expressible(self, cfg) -> None:
+        llama_config.check_expressible(cfg)
+
+    def config_to_hf(self, cfg, *, dtype: str, token_ids, max_position_embeddings: int) -> dict:
+        return llama_config.to_llama(cfg, dtype=dtype, token_ids=token_ids,
+                                     max_position_embeddings=max_position_embeddings)
+
+    def tensors_to_hf(self, params: dict, cfg) -> Iterator[dict[str, np.ndarray]]:
+        to_host = checkpoint_reader.to_host
+        yield convert.embedding_to_hf(to_host(params["embed_VD"]))
+        for index, layer in checkpoint_reader.host_layers(params, cfg):
+            yield convert.layer_to_hf(layer, index)
+        lm_head_DV = None if cfg.tie_embeddings else to_host(params["lm_head_DV"])
+        yield convert.head_to_hf(to_host(params["final_norm"]["scale"]), lm_head_DV)
+
+    def config_from_hf(self, hf_config: dict, scan_layers: bool, where: str):
+        return llama_config.from_llama(hf_config, scan_layers, where)
+
+    def hf_tensor_shapes(self, cfg) -> dict[str, tuple[int, ...]]:
+        return convert.hf_tensor_shapes(cfg)
+
+    def optional_tensors(self, cfg) -> set[str]:
+        return {convert.LM_HEAD}
+
+    def params_from_hf(self, tensors: Mapping[str, np.ndarray], cfg) -> dict:
+        return convert.params_from_hf(tensors, cfg)
+
+    def model_gin(self, cfg, hf_dir: str, model_dir: str) -> str:
+        lines = [f"# The model of the Llama checkpoint imported from {hf_dir}.",
+                 "# Fine-tune: use this file in place of a models/decoder/*.gin file and set",
+                 f"# INITIAL_CHECKPOINT_PATH = '{model_dir}' (with a new MODEL_DIR)."]
+        lines += [f"DecoderConfig.{name} = {getattr(cfg, name)!r}" for name in _GIN_FIELDS]
+        return "\n".join(lines) + "\n"
+
+
+LLAMA = LlamaMapping()

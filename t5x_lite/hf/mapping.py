@@ -1,0 +1,76 @@
+"""A model family's Hugging Face mapping, and the table of families that have one.
+
+Export and import are generic: they ask the mapping of the checkpoint's family (or of
+the HF config's `model_type`) for the config both ways and for the tensors both ways,
+one layer at a time on the way out.
+"""
+
+import abc
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from t5x_lite.errors import ConfigError
+
+
+class HFMapping(abc.ABC):
+    """How one family's checkpoints read and write as one `transformers` architecture."""
+
+    family: str          # the t5x_lite family name
+    model_type: str      # the HF config's model_type
+
+    @abc.abstractmethod
+    def check_expressible(self, cfg) -> None:
+        """Raises ConfigError if the HF architecture cannot compute what `cfg` computes."""
+
+    @abc.abstractmethod
+    def config_to_hf(self, cfg, *, dtype: str, token_ids, max_position_embeddings: int) -> dict:
+        """The HF `config.json`."""
+
+    @abc.abstractmethod
+    def tensors_to_hf(self, params: dict, cfg) -> Iterator[dict[str, np.ndarray]]:
+        """The params as HF tensors by name, a few at a time (one layer at most)."""
+
+    @abc.abstractmethod
+    def config_from_hf(self, hf_config: dict, scan_layers: bool, where: str):
+        """The family config of an HF `config.json`; ConfigError if unsupported."""
+
+    @abc.abstractmethod
+    def hf_tensor_shapes(self, cfg) -> dict[str, tuple[int, ...]]:
+        """Every tensor the HF checkpoint of `cfg` holds, with its shape."""
+
+    @abc.abstractmethod
+    def optional_tensors(self, cfg) -> set[str]:
+        """Tensors an HF checkpoint may hold beyond `hf_tensor_shapes` (ignored)."""
+
+    @abc.abstractmethod
+    def params_from_hf(self, tensors: Mapping[str, np.ndarray], cfg) -> dict:
+        """The family's params tree from HF tensors by name."""
+
+    @abc.abstractmethod
+    def model_gin(self, cfg, hf_dir: str, model_dir: str) -> str:
+        """Gin bindings of the imported model's config."""
+
+
+def for_family(family: str) -> HFMapping:
+    mappings = _mappings()
+    for mapping in mappings:
+        if mapping.family == family:
+            return mapping
+    raise ConfigError(f"the {family!r} model family has no Hugging Face mapping; families "
+                      f"with one: {sorted(m.family for m in mappings)}.")
+
+
+def for_model_type(model_type: str | None, where: str) -> HFMapping:
+    mappings = _mappings()
+    for mapping in mappings:
+        if mapping.model_type == model_type:
+            return mapping
+    known = " or ".join(repr(m.model_type) for m in mappings)
+    raise ConfigError(f"{where}: model_type is {model_type!r}, not {known}; t5x_lite imports "
+                      "only those architectures.")
+
+
+def _mappings() -> list[HFMapping]:
+    from t5x_lite.hf.llama import LLAMA
+    return [LLAMA]
