@@ -7,14 +7,15 @@ position, layer layout, model config, operative gin config).
 
 import dataclasses
 import functools
-import os
 import sys
 
 import gin
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
+from t5x_lite import storage
 from t5x_lite.resilience.divergence import init_health
 from t5x_lite.errors import ConfigError
 
@@ -94,16 +95,17 @@ class Checkpointer:
     """The run's checkpoints in `<model_dir>/checkpoints`: the last `keep`, every
     `keep_every`-th, and the rollback target of `rollback_margin` (if given)."""
 
-    def __init__(self, model_dir: str, cfg: CheckpointConfig, rollback_margin: int | None = None):
+    def __init__(self, model_dir: storage.PathLike, cfg: CheckpointConfig,
+                 rollback_margin: int | None = None):
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=1, enable_async_checkpointing=cfg.async_save,
             preservation_policy=_preservation_policy(cfg, rollback_margin),
             cleanup_tmp_directories=True)
         self.save_every = cfg.save_every
-        self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+        self.directory = storage.join(model_dir, "checkpoints")
         _write_whole_arrays_in_one_process()
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
+        self.manager = ocp.CheckpointManager(str(self.directory), options=options,
                                              item_handlers=handlers)
 
     def all_steps(self) -> list[int]:
@@ -169,8 +171,7 @@ class Checkpointer:
         print(f"checkpoint step {step} is unreadable ({reason}); moved to "
               f"{step}.corrupt, trying an older one", file=sys.stderr)
         if jax.process_index() == 0:
-            os.replace(os.path.join(self.directory, str(step)),
-                       os.path.join(self.directory, f"{step}.corrupt"))
+            storage.set_aside(self.directory / str(step), f"{step}.corrupt")
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
         self.manager.reload()
@@ -182,27 +183,25 @@ class Checkpointer:
         self.manager.close()
 
 
-def _resolve_initial(path: str) -> tuple[str, int]:
+def _resolve_initial(location: storage.PathLike) -> tuple[epath.Path, int]:
     """(checkpoints directory, step) for a model dir, its checkpoints dir or a step dir."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
+    path = storage.path(location)
+    if not path.is_dir():
         raise ConfigError(f"INITIAL_CHECKPOINT_PATH={path} does not exist; point it at a "
                           "model dir, its checkpoints/ dir or one step directory.")
-    name = os.path.basename(path.rstrip("/"))
-    if name.isdigit():
-        return os.path.dirname(path), int(name)
-    directory = os.path.join(path, "checkpoints") if os.path.isdir(
-        os.path.join(path, "checkpoints")) else path
-    steps = ocp.utils.checkpoint_steps(directory)
+    if path.name.isdigit():
+        return path.parent, int(path.name)
+    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    steps = ocp.utils.checkpoint_steps(str(directory))
     if not steps:
         raise ConfigError(f"INITIAL_CHECKPOINT_PATH={path} holds no checkpoint steps.")
     return directory, max(steps)
 
 
-def restore_params(path: str, abstract_params, shardings):
+def restore_params(path: storage.PathLike, abstract_params, shardings):
     """Only the params of the checkpoint at `path` (the optimizer starts fresh)."""
     directory, step = _resolve_initial(path)
-    state_dir = os.path.join(directory, str(step), "state")
+    state_dir = str(directory / str(step) / "state")
     checkpointer = ocp.PyTreeCheckpointer()
     saved = checkpointer.metadata(state_dir).item_metadata.tree
     check_shapes(saved["params"], abstract_params, state_dir)

@@ -10,8 +10,6 @@ Task and evaluation) and to TensorBoard as `eval/<task>/<metric>`.
 """
 
 import dataclasses
-import json
-import os
 from collections.abc import Mapping
 
 import gin
@@ -20,6 +18,7 @@ import seqio
 import tensorflow as tf
 from tensorboardX import SummaryWriter
 
+from t5x_lite import storage
 from t5x_lite.inference import decoding
 from t5x_lite.errors import ConfigError
 
@@ -76,15 +75,14 @@ def evaluate(spec, params, mesh, cfg: EvalConfig, step: int,
             for task, task_metrics in metrics.result().items()}
 
 
-def write_results(model_dir: str, step: int, results: dict[str, dict[str, float]]) -> None:
+def write_results(model_dir: storage.PathLike, step: int,
+                  results: dict[str, dict[str, float]]) -> None:
     """Appends to MODEL_DIR/eval_results.jsonl and writes TensorBoard scalars (process 0)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "eval_results.jsonl"), "a") as f:
-        f.writelines(json.dumps({"step": step, "task": task, **task_metrics}) + "\n"
-                     for task, task_metrics in results.items())
-    with SummaryWriter(os.path.join(model_dir, "tensorboard")) as writer:
+    storage.JsonlAppender(storage.join(model_dir, "eval_results.jsonl")).append(
+        *({"step": step, "task": task, **task_metrics} for task, task_metrics in results.items()))
+    with SummaryWriter(str(storage.join(model_dir, "tensorboard"))) as writer:
         for task, task_metrics in results.items():
             for name, value in task_metrics.items():
                 writer.add_scalar(f"eval/{task}/{name}", value, step)

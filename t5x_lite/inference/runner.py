@@ -13,6 +13,7 @@ import os
 
 import jax
 
+from t5x_lite import storage
 from t5x_lite.inference import decoding, evaluation
 from t5x_lite.parallel import partitioning
 from t5x_lite.errors import ConfigError
@@ -88,15 +89,6 @@ def infer(model: LoadedModel, vocabulary, prompts: list[str], max_decode_len: in
     return records
 
 
-def write_jsonl(path: str, records: list[dict]) -> None:
-    """Writes beside `path` first, then renames: a failed run leaves no partial file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = f"{path}.partial"
-    with open(partial, "w") as f:
-        f.writelines(json.dumps(record) + "\n" for record in records)
-    os.replace(partial, path)
-
-
 def _check_vocabulary(model: LoadedModel, vocab_size: int) -> None:
     if vocab_size > model.spec.cfg.vocab_size:
         raise ConfigError(f"the vocabulary has {vocab_size} ids but the model in "
@@ -120,7 +112,7 @@ def infer_command(model_dir: str | None, step: int | None, prompts: list[str],
         raise ConfigError(f"{model.checkpoint.step_dir} has no t5x_lite vocabulary (an "
                           "imported model): use transformers with its tokenizer files.")
     records = infer(model, vocabulary, prompts, max_decode_len, sampling, batch_size, seed, rules)
-    write_jsonl(output, records)
+    storage.write_atomic(output, "".join(json.dumps(record) + "\n" for record in records))
     print(f"wrote {len(records)} outputs of step {model.checkpoint.step} to {output}")
 
 

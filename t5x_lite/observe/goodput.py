@@ -11,10 +11,10 @@ and prints a summary.
 
 import collections
 import contextlib
-import json
-import os
 import sys
 import time
+
+from t5x_lite import storage
 
 STEP_CATEGORIES = ("compile", "productive", "redone")
 CATEGORIES = ("init", "restore", *STEP_CATEGORIES, "rolled_back", "checkpointing",
@@ -80,10 +80,10 @@ class Goodput:
                 "seconds": {c: round(v, 3) for c, v in seconds.items()},
                 "steps": {c: self.steps[c] for c in (*STEP_CATEGORIES, "rolled_back")}}
 
-    def write(self, model_dir: str) -> None:
+    def write(self, model_dir: storage.PathLike) -> None:
+        """Appends the summary to MODEL_DIR/goodput.jsonl (process 0) and prints it."""
         summary = self.summary()
-        with open(os.path.join(model_dir, "goodput.jsonl"), "a") as f:
-            f.write(json.dumps(summary) + "\n")
+        storage.JsonlAppender(storage.join(model_dir, "goodput.jsonl")).append(summary)
         parts = ", ".join(f"{c} {v:.1f} s" for c, v in summary["seconds"].items() if v >= 0.05)
         print(f"goodput: {100 * summary['goodput']:.1f}% of {summary['wall_seconds']:.1f} s "
               f"productive ({parts})", file=sys.stderr)

@@ -1,8 +1,6 @@
 """FLOPs, MFU and the run's metric writers (metrics.jsonl, TensorBoard, progress bar)."""
 
-import json
 import math
-import os
 import sys
 import time
 
@@ -11,6 +9,7 @@ import jax.numpy as jnp
 import tqdm
 from tensorboardX import SummaryWriter
 
+from t5x_lite import storage
 from t5x_lite.observe import chips
 
 
@@ -37,25 +36,21 @@ def total_peak_flops(peak_flops_per_device: float | None = None) -> float:
     return measure_host_flops() * jax.process_count()
 
 
-def last_logged_step(model_dir: str) -> int:
+def last_logged_step(model_dir: storage.PathLike) -> int:
     """The highest step in MODEL_DIR/metrics.jsonl (0 if none): how far earlier attempts got."""
-    path = os.path.join(model_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        return max((json.loads(line)["step"] for line in f if line.strip()), default=0)
+    records = storage.read_jsonl(storage.join(model_dir, "metrics.jsonl"))
+    return max((record["step"] for record in records), default=0)
 
 
 class MetricsWriter:
     """Writes scalars on process 0: JSON lines, TensorBoard events and a progress bar."""
 
-    def __init__(self, model_dir: str, total_steps: int, start_step: int):
+    def __init__(self, model_dir: storage.PathLike, total_steps: int, start_step: int):
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        os.makedirs(model_dir, exist_ok=True)
-        self.jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a")
-        self.tensorboard = SummaryWriter(os.path.join(model_dir, "tensorboard"))
+        self.jsonl = storage.JsonlAppender(storage.join(model_dir, "metrics.jsonl"))
+        self.tensorboard = SummaryWriter(str(storage.join(model_dir, "tensorboard")))
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
                              dynamic_ncols=True, desc="train")
 
@@ -63,8 +58,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         finite = {k: v if math.isfinite(v) else None for k, v in scalars.items()}
-        self.jsonl.write(json.dumps({"step": step, **finite}) + "\n")
-        self.jsonl.flush()
+        self.jsonl.append({"step": step, **finite})
         for name, value in scalars.items():
             self.tensorboard.add_scalar(name, value, step)
 
@@ -85,4 +79,3 @@ class MetricsWriter:
         if self.enabled:
             self.bar.close()
             self.tensorboard.close()
-            self.jsonl.close()

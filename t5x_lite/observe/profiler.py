@@ -2,10 +2,11 @@
 or Perfetto: MODEL_DIR/profile/plugins/profile/<run>/<host>.xplane.pb."""
 
 import dataclasses
-import os
 
 import gin
 import jax
+
+from t5x_lite import storage
 
 
 @gin.configurable
@@ -21,8 +22,9 @@ class ProfileConfig:
 
 
 class StepProfiler:
-    def __init__(self, cfg: ProfileConfig, model_dir: str):
-        self.cfg, self.log_dir, self.active = cfg, os.path.join(model_dir, "profile"), False
+    def __init__(self, cfg: ProfileConfig, model_dir: storage.PathLike):
+        self.cfg, self.active = cfg, False
+        self.log_dir = str(storage.join(model_dir, "profile"))
         self.last_step = cfg.first_step + cfg.num_steps - 1
 
     def before_step(self, step: int) -> None:

@@ -9,6 +9,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from t5x_lite import storage
+
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +49,7 @@ class FaultInjector:
         checkpointer.wait()
         if (step in checkpointer.all_steps() and jax.process_index() == 0
                 and _first_time("corrupt_checkpoint", step, model_dir)):
-            corrupt_files(os.path.join(checkpointer.directory, str(step), "state"))
+            corrupt_files(checkpointer.directory / str(step) / "state")
 
     def maybe_hang(self, step: int, model_dir: str) -> None:
         if step == self.hang_at_step and _first_time("hang", step, model_dir):
@@ -73,26 +75,22 @@ class FaultInjector:
         return jnp.where(inside, jnp.float32(self.lr_ramp_factor) ** fraction, 1.0)
 
 
-def _first_time(fault: str, step: int, model_dir: str) -> bool:
+def _first_time(fault: str, step: int, model_dir: storage.PathLike) -> bool:
     """True the first time this process reaches this fault in this model dir."""
-    marker = os.path.join(model_dir, "faults_fired",
+    marker = storage.join(model_dir, "faults_fired",
                           f"{fault}_at_step_{step}.process_{jax.process_index()}")
-    if os.path.exists(marker):
+    if marker.exists():
         return False
-    os.makedirs(os.path.dirname(marker), exist_ok=True)
-    open(marker, "w").close()
+    storage.write_atomic(marker, "")
     return True
 
 
-def corrupt_files(directory: str) -> None:
+def corrupt_files(directory: storage.PathLike) -> None:
     """Truncates every file under `directory` to a third and writes garbage at its start."""
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "r+b") as f:
-                f.truncate(max(os.path.getsize(path) // 3, 1))
-                f.seek(0)
-                f.write(b"\xff\x00garbage")
+    garbage = b"\xff\x00garbage"
+    for file in (f for f in storage.path(directory).rglob("*") if f.is_file()):
+        content = file.read_bytes()
+        file.write_bytes(garbage + content[len(garbage):max(len(content) // 3, 1)])
 
 
 def _at_steps(position: jax.Array, steps: tuple[int, ...], value: float) -> jax.Array:

@@ -2,12 +2,9 @@
 record of every action in MODEL_DIR/recovery.jsonl plus a console line."""
 
 import dataclasses
-import json
-import os
 import sys
 
-import jax
-
+from t5x_lite import storage
 from t5x_lite.resilience import divergence
 from t5x_lite.resilience.divergence import DivergenceConfig
 
@@ -15,17 +12,14 @@ from t5x_lite.resilience.divergence import DivergenceConfig
 class RecoveryLog:
     """Appends one JSON object per action (process 0 only)."""
 
-    def __init__(self, model_dir: str):
-        self.path = os.path.join(model_dir, "recovery.jsonl")
-        self.enabled = jax.process_index() == 0
+    def __init__(self, model_dir: storage.PathLike):
+        self.jsonl = storage.JsonlAppender(storage.join(model_dir, "recovery.jsonl"))
 
     def record(self, step: int, signal: str, action: str, batches_skipped: int = 0) -> None:
-        if not self.enabled:
+        if not self.jsonl.enabled:
             return
-        entry = {"step": step, "signal": signal, "action": action,
-                 "batches_skipped": batches_skipped}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        self.jsonl.append({"step": step, "signal": signal, "action": action,
+                           "batches_skipped": batches_skipped})
         print(f"recovery: step {step}: {signal} -> {action}", file=sys.stderr)
 
 

@@ -2,13 +2,14 @@
 
 import dataclasses
 import functools
-import os
 
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
+from t5x_lite import storage
 from t5x_lite.observe import metrics as metrics_lib
 from t5x_lite.parallel import partitioning
 from t5x_lite.checkpoints.manager import CheckpointConfig, Checkpointer, restore_params
@@ -31,7 +32,7 @@ from t5x_lite.resilience.watchdog import Watchdog, WatchdogConfig
 class Run:
     """What the loop needs, built once from the config."""
 
-    model_dir: str
+    model_dir: epath.Path
     spec: ModelSpec
     mesh: jax.sharding.Mesh
     shardings: dict
@@ -119,9 +120,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     from t5x_lite.pipeline import input_pipeline
 
     goodput = Goodput()
-    model_dir = os.path.abspath(model_dir)
     # Bad input is refused before anything is written under MODEL_DIR.
-    _check_model_dir(model_dir)
+    model_dir = storage.check_model_dir(model_dir)
     _check_train_steps(train_steps)
     input_pipeline.validate(data, jax.process_index(), jax.process_count())
     vocab = input_pipeline.output_vocabulary(data.mixture_or_task_name)
@@ -378,26 +378,13 @@ def _log(run: Run, ctx: _LoopContext, step: int, step_metrics, meter: _Throughpu
     return {"step": step, **scalars}
 
 
-def _check_model_dir(model_dir: str) -> None:
-    """MODEL_DIR must be a directory, or a path where one can be made."""
-    path = model_dir
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        where = "is a file" if path == model_dir else f"is under {path}, which is a file"
-        raise ConfigError(f"MODEL_DIR={model_dir} {where}, not a directory: point MODEL_DIR "
-                          "at a new or existing directory.")
-
-
 def _check_train_steps(train_steps: int) -> None:
     if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
         raise ConfigError(f"TRAIN_STEPS={train_steps!r} (train.train_steps) must be a positive "
                           "step count, the step to train to: set TRAIN_STEPS to 1 or more.")
 
 
-def _write_config(model_dir: str) -> None:
-    if jax.process_index() != 0:
-        return
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-        f.write(gin.config_str())
+def _write_config(model_dir: epath.Path) -> None:
+    """MODEL_DIR/config.gin: the operative gin config (process 0)."""
+    if jax.process_index() == 0:
+        storage.write_atomic(model_dir / "config.gin", gin.config_str())
