@@ -15,6 +15,7 @@ import re
 
 import jax
 
+from t5x_lite import storage
 from t5x_lite.analysis import aot, plan_report, step_analysis
 from t5x_lite.observe import chips
 from t5x_lite.config import gin_config
@@ -162,12 +163,9 @@ def plan(gin_files: list[str], mesh_arg: str | None, chip_arg: str | None,
 def plan_command(gin_files: list[str], mesh_arg: str | None, chip_arg: str | None,
                  mfu: float, output: str | None) -> None:
     """Prints the plan; with `output`, also writes it as JSON (only when it succeeds)."""
-    if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+    if output and not storage.path(output).parent.is_dir():
         raise ConfigError(f"--out={output}: its folder does not exist.")
     report = plan(gin_files, mesh_arg, chip_arg, mfu)
     print(plan_report.format_text(report))
     if output:
-        temporary = f"{output}.tmp"
-        with open(temporary, "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(temporary, output)
+        storage.write_atomic(output, json.dumps(report, indent=2))

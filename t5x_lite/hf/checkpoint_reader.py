@@ -9,14 +9,13 @@ one. The checkpoint may have been written from any mesh; orbax reshards on resto
 """
 
 import dataclasses
-import os
 from collections.abc import Iterator
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 
+from t5x_lite import storage
 from t5x_lite.checkpoints import manager as checkpointing
 from t5x_lite.parallel import partitioning
 from t5x_lite.errors import ConfigError
@@ -46,9 +45,8 @@ def _one_line(error: Exception) -> str:
 
 def locate(model_dir: str, step: int | None = None) -> RunCheckpoint:
     """The checkpoint `step` (default: the newest) of the run in `model_dir`."""
-    model_dir = os.path.abspath(model_dir)
-    directory = os.path.join(model_dir, "checkpoints")
-    steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
+    directory = storage.join(model_dir, "checkpoints")
+    steps = ocp.utils.checkpoint_steps(str(directory)) if directory.is_dir() else []
     if not steps:
         raise ConfigError(f"no checkpoint found in {directory}; point --model_dir at the "
                           "MODEL_DIR of a training run.")
@@ -56,15 +54,16 @@ def locate(model_dir: str, step: int | None = None) -> RunCheckpoint:
         step = max(steps)
     elif step not in steps:
         raise ConfigError(f"{directory} has no step {step}; it has steps {sorted(steps)}.")
-    step_dir = os.path.join(directory, str(step))
+    step_dir = str(directory / str(step))
     record = CheckpointRecord.from_json(read_meta(step_dir))
-    return RunCheckpoint(model_dir, step, step_dir, record, model_config(record, step_dir))
+    return RunCheckpoint(str(storage.path(model_dir)), step, step_dir, record,
+                         model_config(record, step_dir))
 
 
 def read_meta(step_dir: str) -> dict:
-    path = os.path.join(step_dir, "meta")
+    path = storage.join(step_dir, "meta")
     try:
-        return ocp.JsonCheckpointHandler().restore(epath.Path(path))
+        return ocp.JsonCheckpointHandler().restore(path)
     except Exception as error:  # noqa: BLE001  (any read failure means "unreadable")
         raise ConfigError(f"the checkpoint record {path} is unreadable ({_one_line(error)}); "
                           "choose another --step.") from None

@@ -14,10 +14,10 @@ attention mask (else `generate` takes that id for padding); the tokenizer adds n
 
 import dataclasses
 import json
-import os
 
 import jax.numpy as jnp
 
+from t5x_lite import storage
 from t5x_lite.errors import ConfigError
 from t5x_lite.hf import checkpoint_reader, llama_config, mapping, output_dir, tokenizer_files
 from t5x_lite.hf.mapping import HFMapping
@@ -80,9 +80,8 @@ def write_weights(hf: HFMapping, params: dict, cfg, directory: str, dtype: str,
 
 
 def _write_json(directory: str, name: str, value: dict) -> None:
-    with open(os.path.join(directory, name), "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
+    storage.write_atomic(storage.join(directory, name),
+                         json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def _write_tokenizer(vocabulary: RunVocabulary, directory: str,
@@ -123,7 +122,7 @@ def export(model_dir: str, out: str, *, step: int | None = None, dtype: str = "f
         _write_json(partial, "generation_config.json",
                     llama_config.generation_config(token_ids))
         tokenizer = _write_tokenizer(vocabulary, partial, cfg.vocab_size)
-    return ExportSummary(os.path.abspath(out), checkpoint.step, weight_files, tokenizer)
+    return ExportSummary(str(storage.path(out)), checkpoint.step, weight_files, tokenizer)
 
 
 def export_command(model_dir: str | None, out: str | None, step: int | None, dtype: str,
@@ -135,6 +134,6 @@ def export_command(model_dir: str | None, out: str | None, step: int | None, dty
     summary = export(model_dir, out, step=step, dtype=dtype, max_shard_size=max_shard_size,
                      overwrite=overwrite)
     tokenizer = summary.tokenizer or "none (the checkpoint records no vocabulary)"
-    print(f"exported step {summary.step} of {os.path.abspath(model_dir)} to {summary.out}: "
+    print(f"exported step {summary.step} of {storage.path(model_dir)} to {summary.out}: "
           f"{dtype} weights in {len(summary.weight_files)} file(s); tokenizer: {tokenizer}")
     return summary

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 
+from t5x_lite import storage
 from t5x_lite.errors import ConfigError
 from t5x_lite.hf import llama_config, mapping, output_dir, tokenizer_files
 from t5x_lite.checkpoints.record import CheckpointRecord
@@ -100,7 +101,7 @@ def _record(family: str, cfg, gin_text: str, hf_dir: str, llama: dict,
 def import_checkpoint(hf_dir: str, out: str, *, scan_layers: bool = True,
                       overwrite: bool = False):
     """Imports the Llama checkpoint in `hf_dir` as the t5x_lite model dir `out`."""
-    hf_dir = os.path.abspath(hf_dir)
+    hf_dir = str(storage.path(hf_dir))
     out = output_dir.check_writable(out, overwrite, protected=(hf_dir,))
     llama = read_llama_config(hf_dir)
     where = f"{hf_dir}/config.json"
@@ -112,13 +113,12 @@ def import_checkpoint(hf_dir: str, out: str, *, scan_layers: bool = True,
     params = hf.params_from_hf(read_tensors(files, expected), cfg)
     gin_text = hf.model_gin(cfg, hf_dir, out)
     with output_dir.atomic_directory(out, overwrite) as partial:
-        copied = tokenizer_files.copy_tokenizer_files(hf_dir, os.path.join(partial,
-                                                                           TOKENIZER_DIR))
+        copied = tokenizer_files.copy_tokenizer_files(hf_dir,
+                                                      storage.join(partial, TOKENIZER_DIR))
         tokenizer_dir = TOKENIZER_DIR if copied else None
         _save_checkpoint(partial, params,
                          _record(hf.family, cfg, gin_text, hf_dir, llama, tokenizer_dir))
-        with open(os.path.join(partial, "model.gin"), "w") as f:
-            f.write(gin_text)
+        storage.write_atomic(storage.join(partial, "model.gin"), gin_text)
     return cfg
 
 
@@ -129,8 +129,8 @@ def import_command(hf_dir: str | None, out: str | None, scan_layers: bool,
         raise ConfigError("import-hf needs --hf_dir (a local transformers Llama checkpoint) "
                           "and --out (the t5x_lite model directory to write).")
     cfg = import_checkpoint(hf_dir, out, scan_layers=scan_layers, overwrite=overwrite)
-    out = os.path.abspath(out)
-    print(f"imported {os.path.abspath(hf_dir)} ({cfg.num_layers} layers, "
+    out = storage.path(out)
+    print(f"imported {storage.path(hf_dir)} ({cfg.num_layers} layers, "
           f"{'scanned' if cfg.scan_layers else 'unscanned'}) to {out}; fine-tune with "
           f"--gin_file={out}/model.gin --gin.INITIAL_CHECKPOINT_PATH=\"'{out}'\"")
     return cfg

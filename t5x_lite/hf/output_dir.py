@@ -7,60 +7,60 @@ so an export or import either produces the whole directory or leaves nothing.
 
 import contextlib
 import os
-import shutil
 
+from etils import epath
+
+from t5x_lite import storage
 from t5x_lite.errors import ConfigError
 
 
-def check_writable(path: str, overwrite: bool, protected: tuple[str, ...] = ()) -> str:
+def check_writable(location: storage.PathLike, overwrite: bool,
+                   protected: tuple[storage.PathLike, ...] = ()) -> str:
     """The absolute output path; ConfigError if it may not be (over)written.
 
     `protected` are inputs that the output must neither be nor contain (the source
     checkpoint of an export, say); the output may lie inside one.
     """
-    path = os.path.abspath(path)
-    for source in protected:
-        source = os.path.abspath(source)
-        if os.path.commonpath([path, source]) == path:
+    path = storage.path(location)
+    for source in map(storage.path, protected):
+        if source == path or path in source.parents:
             raise ConfigError(f"the output {path} would replace the input {source}; write "
                               "somewhere else.")
-    if os.path.exists(path) and not os.path.isdir(path):
+    if path.exists() and not path.is_dir():
         raise ConfigError(f"the output {path} exists and is not a directory; choose "
                           "another path.")
-    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise ConfigError(f"the output {path} exists and is not empty; pass --overwrite to "
                           "replace it, or choose another path.")
-    return path
+    return str(path)
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str, overwrite: bool):
-    """Yields a temporary directory that becomes `path` when the block succeeds."""
-    path = check_writable(path, overwrite)
-    parent, name = os.path.split(path)
-    os.makedirs(parent, exist_ok=True)
-    partial = os.path.join(parent, f".{name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
+def atomic_directory(location: storage.PathLike, overwrite: bool):
+    """Yields a temporary directory (a path string) that becomes `location` when the
+    block succeeds."""
+    path = storage.path(check_writable(location, overwrite))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial.rmtree(missing_ok=True)
+    partial.mkdir()
     try:
-        yield partial
+        yield str(partial)
         _replace(partial, path)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        partial.rmtree(missing_ok=True)
         raise
 
 
-def _replace(partial: str, path: str) -> None:
+def _replace(partial: epath.Path, path: epath.Path) -> None:
     """Renames `partial` to `path`, setting an existing `path` aside until then."""
-    if not os.path.exists(path):
-        os.rename(partial, path)
+    if not path.exists():
+        storage.set_aside(partial, path.name)
         return
-    parent, name = os.path.split(path)
-    previous = os.path.join(parent, f".{name}.previous-{os.getpid()}")
-    os.rename(path, previous)
+    previous = storage.set_aside(path, f".{path.name}.previous-{os.getpid()}")
     try:
-        os.rename(partial, path)
+        storage.set_aside(partial, path.name)
     except BaseException:
-        os.rename(previous, path)
+        storage.set_aside(previous, path.name)
         raise
-    shutil.rmtree(previous)
+    previous.rmtree()

@@ -12,6 +12,9 @@ import os
 import re
 
 import numpy as np
+from etils import epath
+
+from t5x_lite import storage
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -32,8 +35,8 @@ def parse_size(text: str) -> int:
 class ShardedSafetensorsWriter:
     """Writes tensors into `directory`; `close()` names the shards and writes the index."""
 
-    def __init__(self, directory: str, max_shard_bytes: int):
-        self.directory = directory
+    def __init__(self, directory: storage.PathLike, max_shard_bytes: int):
+        self.directory = storage.path(directory)
         self.max_shard_bytes = max_shard_bytes
         self._pending: dict[str, np.ndarray] = {}
         self._pending_bytes = 0
@@ -48,13 +51,13 @@ class ShardedSafetensorsWriter:
         self._pending_bytes += array.nbytes
         self.total_bytes += array.nbytes
 
-    def _part_path(self, index: int) -> str:
-        return os.path.join(self.directory, f".part-{index}.safetensors")
+    def _part_path(self, index: int) -> epath.Path:
+        return self.directory / f".part-{index}.safetensors"
 
     def _flush(self) -> None:
         from safetensors.numpy import save_file
         path = self._part_path(len(self._shards))
-        save_file(self._pending, path, metadata={"format": "pt"})
+        save_file(self._pending, str(path), metadata={"format": "pt"})
         os.chmod(path, 0o644)  # safetensors creates owner-only files; weights are for sharing
         self._shards.append(list(self._pending))
         self._pending, self._pending_bytes = {}, 0
@@ -65,14 +68,14 @@ class ShardedSafetensorsWriter:
             self._flush()
         count = len(self._shards)
         if count == 1:
-            os.replace(self._part_path(0), os.path.join(self.directory, SINGLE_FILE))
+            storage.set_aside(self._part_path(0), SINGLE_FILE)
             return [SINGLE_FILE]
         names = [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
         for index, name in enumerate(names):
-            os.replace(self._part_path(index), os.path.join(self.directory, name))
+            storage.set_aside(self._part_path(index), name)
         weight_map = {tensor: name for name, tensors in zip(names, self._shards)
                       for tensor in tensors}
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
-        with open(os.path.join(self.directory, INDEX_FILE), "w") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
+        storage.write_atomic(self.directory / INDEX_FILE,
+                             json.dumps(index, indent=2, sort_keys=True))
         return names

@@ -16,10 +16,7 @@ encoded as text, as SentencePiece and seqio encode it. Other vocabularies or
 SentencePiece settings raise a one-line ConfigError.
 """
 
-import glob
-import os
-import shutil
-
+from t5x_lite import storage
 from t5x_lite.errors import ConfigError
 
 _TOKENIZER_FILE_PATTERNS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json",
@@ -69,8 +66,7 @@ def _write_sentencepiece_tokenizer(vocabulary, directory: str) -> str:
         pad_token=special(spec.pad_id), add_bos_token=False, add_eos_token=False,
         add_prefix_space=False, legacy=False, split_special_tokens=True)
     tokenizer.save_pretrained(directory)
-    with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
-        f.write(model_bytes)
+    storage.write_atomic(storage.join(directory, "tokenizer.model"), model_bytes)
     return "LlamaTokenizer"
 
 
@@ -124,14 +120,13 @@ def _bpe_merges(proto, ids: dict[str, int]) -> list[tuple[str, str]]:
     return [(left, right) for *_, left, right in ranked]
 
 
-def copy_tokenizer_files(source: str, destination: str) -> list[str]:
+def copy_tokenizer_files(source: storage.PathLike, destination: storage.PathLike) -> list[str]:
     """Copies the HF tokenizer files found in `source`; returns their names."""
-    names = sorted({os.path.basename(path)
+    source, destination = storage.path(source), storage.path(destination)
+    names = sorted({file.name
                     for pattern in _TOKENIZER_FILE_PATTERNS
-                    for path in glob.glob(os.path.join(source, pattern))
-                    if os.path.isfile(path)})
-    if names:
-        os.makedirs(destination, exist_ok=True)
+                    for file in source.glob(pattern)
+                    if file.is_file()})
     for name in names:
-        shutil.copy2(os.path.join(source, name), os.path.join(destination, name))
+        storage.write_atomic(destination / name, (source / name).read_bytes())
     return names

@@ -8,10 +8,10 @@ tokenizer files beside it and says where in its `hf` record.
 """
 
 import dataclasses
-import os
 
 import gin
 
+from t5x_lite import storage
 from t5x_lite.errors import ConfigError
 
 
@@ -58,7 +58,7 @@ def run_vocabulary(record, model_dir: str, where: str) -> RunVocabulary:
     if imported is not None:
         tokenizer_dir = imported.get("tokenizer_dir")
         return RunVocabulary(
-            tokenizer_dir=os.path.join(model_dir, tokenizer_dir) if tokenizer_dir else None,
+            tokenizer_dir=str(storage.join(model_dir, tokenizer_dir)) if tokenizer_dir else None,
             sequence_length=imported.get("max_position_embeddings"))
     from t5x_lite.pipeline import input_pipeline
     if record.data.mixture_or_task_name:

@@ -14,6 +14,8 @@ import time
 import sentencepiece as spm
 import seqio
 
+from t5x_lite import storage
+
 DEFAULT_SPM_VOCAB_SIZE = 8192
 # Enough lines to learn the merges, few enough to train in seconds on two cores.
 MAX_SPM_TRAINING_LINES = 200_000
@@ -58,8 +60,7 @@ def build_sentencepiece_vocab(vocab_size: int = DEFAULT_SPM_VOCAB_SIZE,
         return str(cached)
     destination = pathlib.Path(output_path).expanduser().resolve()
     if destination != cached:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(destination, cached.read_bytes())
+        storage.write_atomic(destination, cached.read_bytes())
     return str(destination)
 
 
@@ -103,8 +104,7 @@ def _ensure_cached_model(vocab_size: int) -> pathlib.Path:
         return path
     with cache.exclusive_lock(path.stem):
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, _train_sentencepiece(vocab_size))
+            storage.write_atomic(path, _train_sentencepiece(vocab_size))
     return path
 
 
@@ -130,10 +130,3 @@ def _training_lines() -> list[str]:
         return lines
     return [lines[i * len(lines) // MAX_SPM_TRAINING_LINES]
             for i in range(MAX_SPM_TRAINING_LINES)]
-
-
-def _atomic_write(path: pathlib.Path, content: bytes) -> None:
-    """Writes next to `path` and renames, so readers never see a partial file."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_bytes(content)
-    os.replace(partial, path)
