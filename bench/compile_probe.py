@@ -8,10 +8,10 @@ The persistent compilation cache is switched off, so nothing is reused between r
 import argparse
 import json
 
+import harness
 import jax
 
 from t5x_lite.analysis import aot
-from t5x_lite.parallel import partitioning
 
 BINDINGS = ["TASK_FEATURE_LENGTHS = {'targets': 256}", "BATCH_SIZE = 8"]
 
@@ -25,8 +25,7 @@ def main() -> None:
     jax.config.update("jax_enable_compilation_cache", False)
     bindings = [*BINDINGS, f"DecoderConfig.num_layers = {args.num_layers}",
                 f"DecoderConfig.scan_layers = {not args.no_scan}"]
-    setup = aot.setup_from_gin([args.gin_file, "runs/pretrain.gin"], bindings,
-                               partitioning.create_mesh((1, 1, 1)))
+    setup = harness.planned_setup([args.gin_file, "runs/pretrain.gin"], bindings, (1, 1, 1))
     step = aot.compile_train_step(setup)
     print(json.dumps({"num_layers": args.num_layers, "scan_layers": not args.no_scan,
                       "lower_seconds": step.lower_seconds,

@@ -37,6 +37,25 @@ def existing_text(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def planned_setup(gin_files: list[str], bindings: list[str], mesh_shape: tuple):
+    """The trainer's setup for a gin config on a mesh, the config parsed afresh as
+    `t5x_lite plan` parses it; gin's config is cleared before and after."""
+    import gin
+
+    from t5x_lite.analysis import aot
+    from t5x_lite.config import gin_config
+    from t5x_lite.config.configurables import register_configurables
+    from t5x_lite.parallel import partitioning
+    gin.clear_config()
+    register_configurables()
+    gin_config.parse(gin_files, bindings)
+    gin_config.bind_unset_macros(aot.PLACEHOLDER_MACROS)
+    try:
+        return aot.setup_from_gin(partitioning.create_mesh(mesh_shape))
+    finally:
+        gin.clear_config()
+
+
 def target(name: str, value, goal: str, met: bool | None) -> dict:
     """One row of a suite's `targets`; `met` is None when it could not be measured."""
     return {"name": name, "value": value, "goal": goal, "met": met}

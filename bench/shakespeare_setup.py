@@ -11,14 +11,14 @@ def build(text: pathlib.Path):
     import gin
 
     from t5x_lite.analysis import aot
-    from t5x_lite.cli import main
     from t5x_lite.config import gin_config
+    from t5x_lite.config.configurables import register_configurables
     from t5x_lite.parallel import partitioning
     from t5x_lite.train import trainer
     from t5x_lite.train.state import init_state
 
     gin.clear_config()
-    main.register_configurables()
+    register_configurables()
     gin_config.parse([GIN_FILE], [f"TEXT_FILES=['{text}']", "MODEL_DIR='unused'"])
     setup = aot.build_setup(aot.train_bindings(), partitioning.create_mesh((-1, 1, 1)))
     state = init_state(setup.spec, setup.optimizer, setup.shardings, seed=0)

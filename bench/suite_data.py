@@ -41,13 +41,13 @@ def data_config(name: str, text: pathlib.Path):
     """The DataConfig a `t5x_lite train` with that config would build."""
     import gin
 
-    from t5x_lite.cli import main
     from t5x_lite.config import gin_config
+    from t5x_lite.config.configurables import register_configurables
     from t5x_lite.pipeline import input_pipeline
 
     gin_files, bindings = CONFIGS[name]
     gin.clear_config()
-    main.register_configurables()
+    register_configurables()
     gin_config.parse(gin_files, [b.format(text=text) for b in bindings]
                      + ["MODEL_DIR='unused'", "TRAIN_STEPS=1"])
     return input_pipeline.DataConfig()

@@ -27,12 +27,10 @@ def _measure_mesh(gin_file: str, mesh_shape: tuple) -> dict:
     import jax
 
     from t5x_lite.analysis import aot, step_analysis
-    from t5x_lite.parallel import partitioning
     if len(jax.devices()) < 8:
         raise harness.BenchError("needs 8 host devices: set XLA_FLAGS="
                                  "--xla_force_host_platform_device_count=8")
-    setup = aot.setup_from_gin([gin_file, "runs/pretrain.gin"], BINDINGS,
-                               partitioning.create_mesh(mesh_shape))
+    setup = harness.planned_setup([gin_file, "runs/pretrain.gin"], BINDINGS, mesh_shape)
     analysis = step_analysis.analyze(setup, aot.compile_train_step(setup))
     return {"mesh_shape": list(mesh_shape), "params_bytes": analysis.params_bytes,
             "optimizer_bytes": analysis.optimizer_bytes,

@@ -47,9 +47,8 @@ def _text_file(args, scratch: str) -> str:
 
 def _row(model: str, scan: bool, gin_files: list[str], bindings: list[str]) -> dict:
     from t5x_lite.analysis import aot, step_analysis
-    from t5x_lite.parallel import partitioning
-    setup = aot.setup_from_gin(gin_files, [*bindings, f"DecoderConfig.scan_layers = {scan}"],
-                               partitioning.create_mesh((1, 1, 1)))
+    setup = harness.planned_setup(
+        gin_files, [*bindings, f"DecoderConfig.scan_layers = {scan}"], (1, 1, 1))
     analysis = step_analysis.analyze(setup, aot.compile_train_step(setup))
     tokens = setup.tokens_per_step
     return {"model": model, "scan_layers": scan, "tokens_per_step": tokens,

@@ -6,8 +6,8 @@ import contextlib
 import gin
 import jax
 
-from t5x_lite.cli import main
 from t5x_lite.config import gin_config
+from t5x_lite.config.configurables import register_configurables
 from t5x_lite.train import trainer
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
@@ -33,7 +33,7 @@ def compilations():
 def train(model_dir, steps: int) -> None:
     """`t5x_lite train` in this process: evals every 2 steps, a save every 3, logs every step."""
     gin.clear_config()
-    main.register_configurables()
+    register_configurables()
     gin_config.parse(["quickstart.gin"], [
         f"MODEL_DIR='{model_dir}'", f"TRAIN_STEPS={steps}", "BATCH_SIZE=8",
         "TASK_FEATURE_LENGTHS={'targets': 32}", "train.eval_every=2", "train.eval_steps=2",

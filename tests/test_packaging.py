@@ -32,8 +32,8 @@ def test_installed_copy_finds_its_configs_from_another_directory(wheel, tmp_path
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                     "--target", str(site), wheel], check=True)
-    probe = ("import gin, t5x_lite; from t5x_lite.cli import main; from t5x_lite.config import gin_config; "
-             "main.register_configurables(); "
+    probe = ("import gin, t5x_lite; from t5x_lite.config import configurables, gin_config; "
+             "configurables.register_configurables(); "
              "gin_config.parse(['quickstart.gin'], []); "
              "print(t5x_lite.__file__); print(gin_config.installed_gin_dir()); "
              "print(gin.query_parameter('DecoderConfig.num_layers'))")

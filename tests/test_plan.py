@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from t5x_lite.analysis import aot, hlo_stats, plan, step_analysis
 from t5x_lite.observe import chips
 from t5x_lite.config import gin_config
+from t5x_lite.config.configurables import register_configurables
 from t5x_lite.parallel import partitioning
 from t5x_lite.errors import ConfigError
 from tests.cli import assert_one_line_error, run_cli
@@ -25,16 +26,33 @@ SMALL = ["models/decoder/small.gin", "runs/pretrain.gin"]
 SHORT_BATCH = ["TASK_FEATURE_LENGTHS = {'targets': 64}", "BATCH_SIZE = 16"]
 
 
+def parse_for_plan(gin_files: list[str], bindings: list[str]) -> None:
+    """Parses the config afresh as `t5x_lite plan` does."""
+    gin.clear_config()
+    register_configurables()
+    gin_config.parse(gin_files, bindings)
+    gin_config.bind_unset_macros(aot.PLACEHOLDER_MACROS)
+
+
+def setup_for(gin_files: list[str], bindings: list[str], mesh_shape: tuple):
+    """The trainer's setup for the config on a mesh; gin is cleared after."""
+    parse_for_plan(gin_files, bindings)
+    try:
+        return aot.setup_from_gin(partitioning.create_mesh(mesh_shape))
+    finally:
+        gin.clear_config()
+
+
 @functools.cache
 def _tiny_analysis(mesh_shape: tuple, scan_layers: bool) -> step_analysis.StepAnalysis:
     bindings = [*SHORT_BATCH, f"DecoderConfig.scan_layers = {scan_layers}"]
-    setup = aot.setup_from_gin(TINY, bindings, partitioning.create_mesh(mesh_shape))
+    setup = setup_for(TINY, bindings, mesh_shape)
     return step_analysis.analyze(setup, aot.compile_train_step(setup))
 
 
 def test_params_and_optimizer_bytes_shrink_eightfold_with_fsdp_8():
-    by_mesh = {shape: aot.state_bytes(aot.setup_from_gin(
-        SMALL, SHORT_BATCH, partitioning.create_mesh(shape))) for shape in [(8, 1, 1), (1, 8, 1)]}
+    by_mesh = {shape: aot.state_bytes(setup_for(SMALL, SHORT_BATCH, shape))
+               for shape in [(8, 1, 1), (1, 8, 1)]}
     for key in ("params", "optimizer"):
         assert by_mesh[(1, 8, 1)][key] == pytest.approx(by_mesh[(8, 1, 1)][key] / 8, rel=0.05)
 
@@ -100,10 +118,7 @@ def test_plan_refuses_a_step_whose_temporaries_exceed_the_chip(monkeypatch):
     """State fits in 4 MiB per device; the compiled step (activations) does not."""
     tiny_chip = chips.Chip("h100", ("h100",), 4 * 2**20, 989e12, 450e9)
     monkeypatch.setattr(chips, "CHIPS", (tiny_chip, *chips.CHIPS))
-    from t5x_lite.cli import main
-    gin.clear_config()
-    main.register_configurables()
-    gin_config.parse(TINY, SHORT_BATCH)
+    parse_for_plan(TINY, SHORT_BATCH)
     try:
         with pytest.raises(ConfigError, match="the train step needs .* GiB per device"):
             plan.plan(TINY, "1,8,1", "h100", 0.4)

@@ -15,24 +15,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from t5x_lite.config import gin_config
 from t5x_lite.parallel import partitioning
 from t5x_lite.train import setup as train_setup
 from t5x_lite.train.setup import TrainSetup
 
-# Macros the trainer requires that do not change the compiled step.
-_PLACEHOLDER_MACROS = {"TRAIN_STEPS": 10000}
-
-
-def bind_placeholder_macros() -> None:
-    """Binds macros the trainer requires but the compiled step ignores, where unset."""
-    for macro, value in _PLACEHOLDER_MACROS.items():
-        try:
-            bound = gin.query_parameter(f"%{macro}")
-        except ValueError:
-            bound = None
-        if bound is None or str(bound) == "%gin.REQUIRED":
-            gin.bind_parameter(f"{macro}/gin.macro.value", value)
+# Macros the trainer requires that do not change the compiled step: the caller binds
+# them where its config leaves them unset (`gin_config.bind_unset_macros`).
+PLACEHOLDER_MACROS = {"TRAIN_STEPS": 10000}
 
 
 def train_bindings() -> dict:
@@ -49,17 +38,9 @@ def build_setup(bindings: dict, mesh: Mesh) -> TrainSetup:
                                    bindings["num_microbatches"], mesh)
 
 
-def setup_from_gin(gin_files: list[str], bindings: list[str], mesh: Mesh) -> TrainSetup:
-    """Parses gin files and bindings as the CLI does and builds the setup; clears gin after."""
-    from t5x_lite.cli import main
-    gin.clear_config()
-    main.register_configurables()
-    gin_config.parse(gin_files, bindings)
-    try:
-        bind_placeholder_macros()
-        return build_setup(train_bindings(), mesh)
-    finally:
-        gin.clear_config()
+def setup_from_gin(mesh: Mesh) -> TrainSetup:
+    """The trainer's setup for the gin config the caller parsed, on `mesh`."""
+    return build_setup(train_bindings(), mesh)
 
 
 def abstract_arguments(setup: TrainSetup) -> tuple:

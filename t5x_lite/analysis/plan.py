@@ -140,11 +140,11 @@ def _refuse_if_state_cannot_fit(setup: TrainSetup, chip: chips.Chip, config_name
 
 def plan(gin_files: list[str], mesh_arg: str | None, chip_arg: str | None,
          mfu: float) -> dict:
-    """The plan report for the parsed gin config; ConfigError when it cannot fit."""
+    """The plan report for the gin config the caller parsed (with `aot.PLACEHOLDER_MACROS`
+    bound where it leaves them unset); ConfigError when it cannot fit."""
     if not 0 < mfu <= 1:
         raise ConfigError(f"--mfu={mfu}: give the assumed MFU as a fraction in (0, 1].")
     config_name = " + ".join(gin_files) or "the gin bindings"
-    aot.bind_placeholder_macros()
     bindings = aot.train_bindings()
     mesh_choice = resolve_mesh(mesh_arg, bindings, gin_files)
     chip = resolve_chip(chip_arg, mesh_choice)

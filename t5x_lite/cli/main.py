@@ -12,19 +12,8 @@ from absl import app, flags, logging
 from t5x_lite import quiet
 from t5x_lite.cli import parser as cli
 from t5x_lite.config import gin_config
+from t5x_lite.config.configurables import register_configurables
 from t5x_lite.errors import EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_PREEMPTED, ConfigError
-
-
-def register_configurables() -> None:
-    """Imports every module that defines gin configurables, so bindings resolve."""
-    # `data` registers the built-in seqio Tasks and Mixtures as it loads.
-    from t5x_lite import data  # noqa: F401
-    from t5x_lite.checkpoints import manager as checkpointing  # noqa: F401
-    from t5x_lite.inference import decoding, evaluation  # noqa: F401
-    from t5x_lite.parallel import partitioning  # noqa: F401
-    from t5x_lite.pipeline import input_pipeline  # noqa: F401
-    from t5x_lite.train import optim, trainer  # noqa: F401
-    from t5x_lite.models.decoder import config  # noqa: F401
 
 
 def _initialize_distributed(args) -> None:
@@ -90,7 +79,8 @@ def _infer(args) -> None:
 
 def _plan(args) -> None:
     _parse_gin(args)
-    from t5x_lite.analysis import plan
+    from t5x_lite.analysis import aot, plan
+    gin_config.bind_unset_macros(aot.PLACEHOLDER_MACROS)
     plan.plan_command(args.gin_file, args.mesh, args.chip, args.mfu, args.out)
 
 

@@ -1,5 +1,6 @@
 """Gin parsing for the CLI: the installed gin/ folder on the search path,
-T5X-style `--gin.KEY=VALUE` flags, and errors turned into one clear line."""
+T5X-style `--gin.KEY=VALUE` flags, errors turned into one clear line, and the
+checks and defaults of the macros a command needs."""
 
 import os
 import re
@@ -77,12 +78,24 @@ def parse(gin_files: list[str], bindings: list[str], search_paths: list[str] = (
         logging.set_verbosity(verbosity)
 
 
+def macro_is_set(macro: str) -> bool:
+    """Whether the parsed config binds `macro` to something other than %gin.REQUIRED."""
+    try:
+        value = gin.query_parameter(f"%{macro}")
+    except ValueError:
+        value = None
+    return value is not None and str(value) != "%gin.REQUIRED"
+
+
 def check_required_macros(macros=REQUIRED_MACROS) -> None:
     for macro in macros:
-        try:
-            value = gin.query_parameter(f"%{macro}")
-        except ValueError:
-            value = None
-        if value is None or str(value) == "%gin.REQUIRED":
+        if not macro_is_set(macro):
             raise ConfigError(f"required gin macro {macro} is not set; pass "
                               f"--gin.{macro}=... or bind it in a gin file.")
+
+
+def bind_unset_macros(values: dict) -> None:
+    """Binds each macro of `values` (name -> value) that the parsed config leaves unset."""
+    for macro, value in values.items():
+        if not macro_is_set(macro):
+            gin.bind_parameter(f"{macro}/gin.macro.value", value)
