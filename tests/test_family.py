@@ -13,7 +13,7 @@ import pytest
 import seqio
 from flax import nnx
 
-from t5x_lite.cli import main
+from t5x_lite.config.configurables import register_configurables
 from t5x_lite.config import gin_config
 from t5x_lite.models import family as family_lib
 from t5x_lite.models.losses import cross_entropy_sums
@@ -132,7 +132,7 @@ def two_layer_family():
 def test_a_new_family_trains_through_the_trainer_and_reports_its_aux_loss(
         tmp_path, two_layer_family):
     gin.clear_config()
-    main.register_configurables()
+    register_configurables()
     gin_config.parse(["quickstart.gin"], [
         f"MODEL_DIR='{tmp_path}'", "TRAIN_STEPS=6", "BATCH_SIZE=8",
         "TASK_FEATURE_LENGTHS={'targets': 32}", "DataConfig.pack=False", "train.log_every=1",

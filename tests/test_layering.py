@@ -33,21 +33,30 @@ MUST_NOT_IMPORT = [
     ("pipeline", "train", "the data path does not depend on the trainer"),
     ("pipeline", "models.decoder", "a family hands the data path its converter and keys"),
     ("scaling", "train", "the scaling harness drives training as subprocesses"),
+    ("train", "models.decoder", "the trainer holds the family interface, not a family"),
+    ("inference", "models.decoder", "decoding and evaluation go through the family"),
+    ("analysis", "models.decoder", "the planner asks the family for counts and FLOPs"),
+    ("observe", "analysis", "observation sits below the analysis that reads it"),
 ]
-# Left out until the model-family interface lands (train/ still builds the decoder
-# directly): ("train", "models.decoder", "the trainer only holds the family interface").
+
+
+# Where each package's files live (setup.py's package_dir maps t5x_lite.data to data/).
+SOURCE_DIRS = {PACKAGE: PACKAGE_DIR, f"{PACKAGE}.data": REPO / "data"}
 
 
 def module_files() -> dict[str, pathlib.Path]:
-    """Every module of the package (data/ too, a link in a source checkout) by dotted name."""
+    """Every module of the package, data/ included, by dotted name."""
     modules = {}
-    for folder, subfolders, files in os.walk(PACKAGE_DIR, followlinks=True):
-        subfolders[:] = sorted(name for name in subfolders if name not in NOT_CODE)
-        parts = pathlib.Path(folder).relative_to(PACKAGE_DIR).parts
-        for file in files:
-            if file.endswith(".py"):
-                stem = [] if file == "__init__.py" else [file[:-3]]
-                modules[".".join([PACKAGE, *parts, *stem])] = pathlib.Path(folder) / file
+    for package, root in SOURCE_DIRS.items():
+        for folder, subfolders, files in os.walk(root):
+            subfolders[:] = sorted(name for name in subfolders
+                                   if name not in NOT_CODE and not (root == PACKAGE_DIR
+                                                                    and name == "data"))
+            parts = pathlib.Path(folder).relative_to(root).parts
+            for file in files:
+                if file.endswith(".py"):
+                    stem = [] if file == "__init__.py" else [file[:-3]]
+                    modules[".".join([package, *parts, *stem])] = pathlib.Path(folder) / file
     return modules
 
 

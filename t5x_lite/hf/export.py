@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from t5x_lite import storage
 from t5x_lite.errors import ConfigError
-from t5x_lite.hf import checkpoint_reader, llama_config, mapping, output_dir, tokenizer_files
+from t5x_lite.hf import checkpoint_reader, llama_config, mappings, output_dir, tokenizer_files
 from t5x_lite.hf.mapping import HFMapping
 from t5x_lite.hf.safetensors_writer import (
     DEFAULT_MAX_SHARD_SIZE,
@@ -105,7 +105,7 @@ def export(model_dir: str, out: str, *, step: int | None = None, dtype: str = "f
     max_shard_bytes = _check_options(dtype, max_shard_size)
     output_dir.check_writable(out, overwrite, protected=(model_dir,))
     checkpoint = checkpoint_reader.locate(model_dir, step)
-    cfg, hf = checkpoint.cfg, mapping.for_family(checkpoint.record.family)
+    cfg, hf = checkpoint.cfg, mappings.for_family(checkpoint.record.family)
     hf.check_expressible(cfg)
     if vocabulary is None:
         vocabulary = run_vocabulary(checkpoint.record, checkpoint.model_dir,

@@ -20,7 +20,7 @@ import os
 
 from t5x_lite import storage
 from t5x_lite.errors import ConfigError
-from t5x_lite.hf import llama_config, mapping, output_dir, tokenizer_files
+from t5x_lite.hf import llama_config, mappings, output_dir, tokenizer_files
 from t5x_lite.checkpoints.record import CheckpointRecord
 
 TOKENIZER_DIR = "hf_tokenizer"
@@ -105,7 +105,7 @@ def import_checkpoint(hf_dir: str, out: str, *, scan_layers: bool = True,
     out = output_dir.check_writable(out, overwrite, protected=(hf_dir,))
     llama = read_llama_config(hf_dir)
     where = f"{hf_dir}/config.json"
-    hf = mapping.for_model_type(llama.get("model_type"), where)
+    hf = mappings.for_model_type(llama.get("model_type"), where)
     cfg = hf.config_from_hf(llama, scan_layers, where)
     expected = hf.hf_tensor_shapes(cfg)
     files = weight_files(hf_dir)

@@ -1,4 +1,4 @@
-"""A model family's Hugging Face mapping, and the table of families that have one.
+"""A model family's Hugging Face mapping: the interface each mapping implements.
 
 Export and import are generic: they ask the mapping of the checkpoint's family (or of
 the HF config's `model_type`) for the config both ways and for the tensors both ways,
@@ -10,7 +10,6 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from t5x_lite.errors import ConfigError
 
 
 class HFMapping(abc.ABC):
@@ -50,27 +49,3 @@ class HFMapping(abc.ABC):
     @abc.abstractmethod
     def model_gin(self, cfg, hf_dir: str, model_dir: str) -> str:
         """Gin bindings of the imported model's config."""
-
-
-def for_family(family: str) -> HFMapping:
-    mappings = _mappings()
-    for mapping in mappings:
-        if mapping.family == family:
-            return mapping
-    raise ConfigError(f"the {family!r} model family has no Hugging Face mapping; families "
-                      f"with one: {sorted(m.family for m in mappings)}.")
-
-
-def for_model_type(model_type: str | None, where: str) -> HFMapping:
-    mappings = _mappings()
-    for mapping in mappings:
-        if mapping.model_type == model_type:
-            return mapping
-    known = " or ".join(repr(m.model_type) for m in mappings)
-    raise ConfigError(f"{where}: model_type is {model_type!r}, not {known}; t5x_lite imports "
-                      "only those architectures.")
-
-
-def _mappings() -> list[HFMapping]:
-    from t5x_lite.hf.llama import LLAMA
-    return [LLAMA]
