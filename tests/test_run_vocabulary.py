@@ -5,6 +5,7 @@ import gin
 import pytest
 import seqio
 
+from t5x_lite.checkpoints.record import CheckpointRecord
 from t5x_lite.config import gin_config
 from t5x_lite.config.configurables import register_configurables
 from t5x_lite.errors import ConfigError
@@ -39,7 +40,8 @@ def test_recorded_data_through_macros_and_unknown_configurables(parsed_quickstar
 
 
 def test_a_run_vocabulary_from_a_recorded_config(parsed_quickstart):
-    run = vocabulary.run_vocabulary({"gin_config": RECORDED}, "/unused", "checkpoint 7")
+    run = vocabulary.run_vocabulary(CheckpointRecord.from_json({"gin_config": RECORDED}),
+                                   "/unused", "checkpoint 7")
     assert isinstance(run.seqio_vocabulary, seqio.ByteVocabulary)
     assert run.sequence_length == 64
     assert gin.config_str() == parsed_quickstart
