@@ -21,16 +21,17 @@ In gin:
 
 import hashlib
 import json
-import pathlib
 from collections.abc import Sequence
 
 import gin
+from etils import epath
 
 from t5x_lite.errors import ConfigError
 
 from .instruction_metrics import metric_fns, postprocessor
 from .instruction_task import in_memory_source, register_instruction_task
 from .templates import Template, as_templates, render
+from .user_files import existing_files, read_utf8
 
 _WHERE = "jsonl_instruction_task"
 DEFAULT_TEMPLATES = (Template("{input}", "{target}"),)
@@ -54,11 +55,12 @@ def jsonl_instruction_task(name: str,
     reader = _PairReader(name, input_key, target_key,
                          as_templates(templates) if templates is not None else DEFAULT_TEMPLATES)
     if validation_files is None:
-        splits = _split_by_hash(reader.read(_existing_paths(files, "files")), validation_fraction)
+        splits = _split_by_hash(reader.read(existing_files(files, _WHERE, "files")),
+                                validation_fraction)
     else:
-        splits = {"train": _examples(reader.read(_existing_paths(files, "files"))),
-                  "validation": _examples(reader.read(_existing_paths(validation_files,
-                                                                      "validation_files")))}
+        splits = {"train": _examples(reader.read(existing_files(files, _WHERE, "files"))),
+                  "validation": _examples(reader.read(
+                      existing_files(validation_files, _WHERE, "validation_files")))}
     splits = {split: examples for split, examples in splits.items() if examples}
     if "train" not in splits:
         raise ConfigError(f"{_WHERE}: no training pairs in {files}; give non-empty files or a "
@@ -93,10 +95,10 @@ class _PairReader:
         self._task, self._templates = task, templates
         self._input_key, self._target_key = input_key, target_key
 
-    def read(self, paths: list[pathlib.Path]) -> list[tuple[dict, dict[str, str]]]:
+    def read(self, paths: list[epath.Path]) -> list[tuple[dict, dict[str, str]]]:
         pairs = []
         for path in paths:
-            for line_number, line in enumerate(_read_text(path).splitlines(), start=1):
+            for line_number, line in enumerate(read_utf8(path, _WHERE).splitlines(), start=1):
                 if line.strip():
                     pairs.append(self._pair(line, f"{path}:{line_number}"))
         return pairs
@@ -126,23 +128,3 @@ def _json_object(line: str, where: str) -> dict:
     if not isinstance(record, dict):
         raise ConfigError(f"{_WHERE}: {where} is not a JSON object.")
     return record
-
-
-def _existing_paths(files: Sequence[str] | str, argument: str) -> list[pathlib.Path]:
-    paths = [pathlib.Path(f).expanduser().resolve()
-             for f in ([files] if isinstance(files, str) else files)]
-    if not paths:
-        raise ConfigError(f"{_WHERE}.{argument} is empty: give at least one file.")
-    for path in paths:
-        if not path.is_file():
-            raise ConfigError(f"{_WHERE}: file not found: {path} (from {_WHERE}.{argument}); "
-                              "give the path of an existing file.")
-    return paths
-
-
-def _read_text(path: pathlib.Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{_WHERE}: {path} is not UTF-8 text (byte {error.start}); "
-                          "convert it to UTF-8.") from None

@@ -11,17 +11,19 @@ memory; larger corpora belong in a TFDS dataset.
 """
 
 import json
-import pathlib
 from collections.abc import Sequence
 
 import gin
 import tensorflow as tf
+from etils import epath
 
 from t5x_lite.errors import ConfigError
 
 from .lm_task import register_lm_task
 from .sharded_source import ShardFirstSource
+from .user_files import existing_files, read_utf8
 
+_WHERE = "text_file_task"
 FILE_FORMATS = ("auto", "txt", "jsonl")
 DEFAULT_CHUNK_CHARS = 4096
 
@@ -38,13 +40,13 @@ def text_file_task(files: Sequence[str] | str,
     """Registers (or replaces) the Task `name` over `files` and returns its name."""
     _check_options(validation_fraction, file_format, chunk_chars)
     reader = _Reader(file_format, text_key, chunk_chars)
-    train_paths = _existing_paths(files, "files")
+    train_paths = existing_files(files, _WHERE, "files")
     if validation_files is None:
         splits = _split_each_file(reader, train_paths, validation_fraction)
     else:
         splits = {"train": reader.read_all(train_paths),
-                  "validation": reader.read_all(_existing_paths(validation_files,
-                                                                "validation_files"))}
+                  "validation": reader.read_all(existing_files(
+                      validation_files, _WHERE, "validation_files"))}
     splits = {split: texts for split, texts in splits.items() if texts}
     if "train" not in splits:
         raise ConfigError(f"text_file_task: no training text in {[str(p) for p in train_paths]}; "
@@ -62,19 +64,7 @@ def _check_options(validation_fraction: float, file_format: str, chunk_chars: in
         raise ConfigError(f"text_file_task.chunk_chars={chunk_chars}: use a positive number.")
 
 
-def _existing_paths(files: Sequence[str] | str, argument: str) -> list[pathlib.Path]:
-    paths = [pathlib.Path(f).expanduser().resolve()
-             for f in ([files] if isinstance(files, str) else files)]
-    if not paths:
-        raise ConfigError(f"text_file_task.{argument} is empty: give at least one file.")
-    for path in paths:
-        if not path.is_file():
-            raise ConfigError(f"text_file_task: file not found: {path} (from "
-                             f"text_file_task.{argument}); give the path of an existing file.")
-    return paths
-
-
-def _split_each_file(reader: "_Reader", paths: list[pathlib.Path],
+def _split_each_file(reader: "_Reader", paths: list[epath.Path],
                      validation_fraction: float) -> dict[str, list[str]]:
     """Train is each file's first part, validation its last `validation_fraction`."""
     splits = {"train": [], "validation": []}
@@ -99,19 +89,19 @@ class _Reader:
         self._text_key = text_key
         self._chunk_chars = chunk_chars
 
-    def is_jsonl(self, path: pathlib.Path) -> bool:
+    def is_jsonl(self, path: epath.Path) -> bool:
         if self._file_format == "auto":
             return path.suffix.lower() == ".jsonl"
         return self._file_format == "jsonl"
 
-    def read_split(self, path: pathlib.Path,
+    def read_split(self, path: epath.Path,
                    validation_fraction: float) -> tuple[list[str], list[str]]:
         if self.is_jsonl(path):
             return _split_by_position(self._jsonl_texts(path), validation_fraction)
-        train, validation = _split_by_position(_read_text(path), validation_fraction)
+        train, validation = _split_by_position(read_utf8(path, _WHERE), validation_fraction)
         return self._chunks(train), self._chunks(validation)
 
-    def read_all(self, paths: list[pathlib.Path]) -> list[str]:
+    def read_all(self, paths: list[epath.Path]) -> list[str]:
         texts = []
         for path in paths:
             texts.extend(self.read_split(path, validation_fraction=0.0)[0])
@@ -120,9 +110,9 @@ class _Reader:
     def _chunks(self, text: str) -> list[str]:
         return chunk_text(text, self._chunk_chars)
 
-    def _jsonl_texts(self, path: pathlib.Path) -> list[str]:
+    def _jsonl_texts(self, path: epath.Path) -> list[str]:
         texts = []
-        for line_number, line in enumerate(_read_text(path).splitlines(), start=1):
+        for line_number, line in enumerate(read_utf8(path, _WHERE).splitlines(), start=1):
             if line.strip():
                 texts.append(_jsonl_field(line, self._text_key, f"{path}:{line_number}"))
         return texts
@@ -140,13 +130,6 @@ def chunk_text(text: str, chunk_chars: int) -> list[str]:
         start = end
     return chunks
 
-
-def _read_text(path: pathlib.Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"text_file_task: {path} is not UTF-8 text (byte {error.start}); "
-                         "convert it to UTF-8.") from None
 
 
 def _jsonl_field(line: str, text_key: str, where: str) -> str:

@@ -139,7 +139,7 @@ def _export_hf(parser) -> None:
 
 def _import_hf(parser) -> None:
     parser.add_argument("--hf_dir", metavar="DIR",
-                        help="a local transformers Llama checkpoint")
+                        help="a transformers Llama checkpoint directory (local or gs://)")
     _out_flag(parser, "the t5x_lite model directory to write")
     _add_bool(parser, "scan_layers", True, "write the scanned (stacked) layout")
     _overwrite_flag(parser)

@@ -9,6 +9,7 @@ import tokenize
 import gin
 from absl import logging
 
+from t5x_lite import storage
 from t5x_lite.errors import ConfigError
 
 REQUIRED_MACROS = ("MODEL_DIR", "TRAIN_STEPS")
@@ -62,9 +63,18 @@ def _parse_one(parse_fn, source: str, what: str) -> None:
         raise ConfigError(f"bad {what}: {_describe(error)}") from None
 
 
+def _is_remote_file(location: str) -> bool:
+    return storage.is_uri(location) and storage.path(location).is_file()
+
+
+def _read_remote(location: str):
+    return storage.path(location).open()
+
+
 def parse(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
     """Parses files then bindings, one at a time, so that an error names its source;
     a missing file or a bad file or binding raises ConfigError."""
+    gin.config.register_file_reader(_read_remote, _is_remote_file)  # gs:// files, includes
     for path in [os.getcwd(), *search_paths, installed_gin_dir()]:
         gin.add_config_file_search_path(path)
     verbosity = logging.get_verbosity()

@@ -28,19 +28,18 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers older checkpoints saved
 
 
 def read_llama_config(hf_dir: str) -> dict:
-    path = os.path.join(hf_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path} does not exist; --hf_dir must be a local transformers "
+    path = storage.join(hf_dir, "config.json")
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist; --hf_dir must be a transformers "
                           "checkpoint directory (config.json and safetensors weights).")
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise ConfigError(f"{path} is not readable JSON: {error}") from None
 
 
-def weight_files(hf_dir: str) -> dict[str, str]:
-    """Tensor name -> safetensors file that holds it."""
+def weight_files(hf_dir: str, shown_as: str) -> dict[str, str]:
+    """Tensor name -> safetensors file that holds it; errors name `shown_as`."""
     index_path = os.path.join(hf_dir, "model.safetensors.index.json")
     if os.path.isfile(index_path):
         with open(index_path) as f:
@@ -48,7 +47,7 @@ def weight_files(hf_dir: str) -> dict[str, str]:
         return {name: os.path.join(hf_dir, file) for name, file in weight_map.items()}
     single = os.path.join(hf_dir, "model.safetensors")
     if not os.path.isfile(single):
-        raise ConfigError(f"{hf_dir} has no model.safetensors or model.safetensors.index.json"
+        raise ConfigError(f"{shown_as} has no model.safetensors or model.safetensors.index.json"
                           "; import-hf reads safetensors weights only.")
     from safetensors import safe_open
     with safe_open(single, framework="pt") as f:
@@ -108,10 +107,11 @@ def import_checkpoint(hf_dir: str, out: str, *, scan_layers: bool = True,
     hf = mappings.for_model_type(llama.get("model_type"), where)
     cfg = hf.config_from_hf(llama, scan_layers, where)
     expected = hf.hf_tensor_shapes(cfg)
-    files = weight_files(hf_dir)
-    _check_names(files, expected, hf.optional_tensors(cfg), hf_dir)
-    params = hf.params_from_hf(read_tensors(files, expected), cfg)
     gin_text = hf.model_gin(cfg, hf_dir, out)
+    with storage.local_copy(hf_dir) as local_dir:
+        files = weight_files(local_dir, hf_dir)
+        _check_names(files, expected, hf.optional_tensors(cfg), hf_dir)
+        params = hf.params_from_hf(read_tensors(files, expected), cfg)
     with output_dir.atomic_directory(out, overwrite) as partial:
         copied = tokenizer_files.copy_tokenizer_files(hf_dir,
                                                       storage.join(partial, TOKENIZER_DIR))
@@ -126,7 +126,7 @@ def import_command(hf_dir: str | None, out: str | None, scan_layers: bool,
                    overwrite: bool):
     """`t5x_lite import-hf`: checks the flags, imports, and says what it wrote."""
     if not hf_dir or not out:
-        raise ConfigError("import-hf needs --hf_dir (a local transformers Llama checkpoint) "
+        raise ConfigError("import-hf needs --hf_dir (a transformers Llama checkpoint, local or gs://) "
                           "and --out (the t5x_lite model directory to write).")
     cfg = import_checkpoint(hf_dir, out, scan_layers=scan_layers, overwrite=overwrite)
     out = storage.path(out)

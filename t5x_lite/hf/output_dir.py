@@ -1,12 +1,17 @@
 """All-or-nothing output directories.
 
-Everything is written into a hidden temporary directory beside the output and
-renamed into place at the end; on any failure the temporary directory is removed,
-so an export or import either produces the whole directory or leaves nothing.
+Locally, everything is written into a hidden temporary directory beside the output and
+renamed into place at the end; on any failure the temporary directory is removed, so an
+export or import either produces the whole directory or leaves nothing. On an object
+store, which has no rename, the output is written into a local temporary directory and
+then copied to its place with the files that mark it complete (`storage.MARKERS`:
+`config.json`, checkpoint commit markers) last; a copy cut short is removed, and one cut
+short harder holds no marker, so no loader takes it for a model.
 """
 
 import contextlib
 import os
+import tempfile
 
 from etils import epath
 
@@ -40,6 +45,10 @@ def atomic_directory(location: storage.PathLike, overwrite: bool):
     """Yields a temporary directory (a path string) that becomes `location` when the
     block succeeds."""
     path = storage.path(check_writable(location, overwrite))
+    if storage.is_uri(path):
+        with _published_on_success(path) as partial:
+            yield partial
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     partial.rmtree(missing_ok=True)
@@ -50,6 +59,19 @@ def atomic_directory(location: storage.PathLike, overwrite: bool):
     except BaseException:
         partial.rmtree(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _published_on_success(path: epath.Path):
+    storage.check_writable_bucket(path, f"the output {path}")
+    with tempfile.TemporaryDirectory(prefix="t5x_lite-output-") as partial:
+        yield partial
+        storage.remove_tree(path)
+        try:
+            storage.copy_tree(partial, path)
+        except BaseException:
+            storage.remove_tree(path)
+            raise
 
 
 def _replace(partial: epath.Path, path: epath.Path) -> None:

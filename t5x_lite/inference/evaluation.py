@@ -16,9 +16,9 @@ import gin
 import jax
 import seqio
 import tensorflow as tf
-from tensorboardX import SummaryWriter
 
 from t5x_lite import storage
+from t5x_lite.observe.metrics import tensorboard_writer
 from t5x_lite.inference import decoding
 from t5x_lite.errors import ConfigError
 
@@ -82,7 +82,7 @@ def write_results(model_dir: storage.PathLike, step: int,
         return
     storage.JsonlAppender(storage.join(model_dir, "eval_results.jsonl")).append(
         *({"step": step, "task": task, **task_metrics} for task, task_metrics in results.items()))
-    with SummaryWriter(str(storage.join(model_dir, "tensorboard"))) as writer:
+    with tensorboard_writer(model_dir) as writer:
         for task, task_metrics in results.items():
             for name, value in task_metrics.items():
                 writer.add_scalar(f"eval/{task}/{name}", value, step)

@@ -9,7 +9,6 @@ token ids and its score (the sum of the generated tokens' log-probs).
 
 import dataclasses
 import json
-import os
 
 import jax
 
@@ -49,10 +48,9 @@ def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
 
 
 def _prompts_from_file(path: str) -> list[str]:
-    if not os.path.isfile(path):
+    if not storage.path(path).is_file():
         raise ConfigError(f"--prompts_file={path} does not exist.")
-    with open(path) as f:
-        lines = [line.rstrip("\n") for line in f if line.strip()]
+    lines = [line for line in storage.read_text(path).splitlines() if line.strip()]
     if not path.endswith(".jsonl"):
         return lines
     prompts = []

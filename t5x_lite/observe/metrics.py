@@ -36,6 +36,19 @@ def total_peak_flops(peak_flops_per_device: float | None = None) -> float:
     return measure_host_flops() * jax.process_count()
 
 
+# A TensorBoard event file on an object store is uploaded whole at every flush.
+REMOTE_FLUSH_SECONDS = 300
+
+
+def tensorboard_writer(model_dir: storage.PathLike) -> SummaryWriter:
+    """A writer of MODEL_DIR/tensorboard events; on an object store it flushes every
+    REMOTE_FLUSH_SECONDS and on close (metrics.jsonl holds every step meanwhile)."""
+    logdir = storage.join(model_dir, "tensorboard")
+    if storage.is_uri(logdir):
+        return SummaryWriter(str(logdir), max_queue=1000, flush_secs=REMOTE_FLUSH_SECONDS)
+    return SummaryWriter(str(logdir))
+
+
 def last_logged_step(model_dir: storage.PathLike) -> int:
     """The highest step in MODEL_DIR/metrics.jsonl (0 if none): how far earlier attempts got."""
     records = storage.read_jsonl(storage.join(model_dir, "metrics.jsonl"))
@@ -50,7 +63,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         self.jsonl = storage.JsonlAppender(storage.join(model_dir, "metrics.jsonl"))
-        self.tensorboard = SummaryWriter(str(storage.join(model_dir, "tensorboard")))
+        self.tensorboard = tensorboard_writer(model_dir)
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
                              dynamic_ncols=True, desc="train")
 

@@ -1,7 +1,13 @@
 """A jax.profiler trace of a window of train steps, for TensorBoard's profile plugin
-or Perfetto: MODEL_DIR/profile/plugins/profile/<run>/<host>.xplane.pb."""
+or Perfetto: MODEL_DIR/profile/plugins/profile/<run>/<host>.xplane.pb.
+
+The profiler writes through TensorFlow's file system layer, not the run's storage
+client, so a run on an object store traces to a local directory and copies the trace
+into MODEL_DIR when it ends."""
 
 import dataclasses
+import shutil
+import tempfile
 
 import gin
 import jax
@@ -24,12 +30,15 @@ class ProfileConfig:
 class StepProfiler:
     def __init__(self, cfg: ProfileConfig, model_dir: storage.PathLike):
         self.cfg, self.active = cfg, False
-        self.log_dir = str(storage.join(model_dir, "profile"))
+        self.destination = storage.join(model_dir, "profile")
         self.last_step = cfg.first_step + cfg.num_steps - 1
+        self.log_dir = str(self.destination)
 
     def before_step(self, step: int) -> None:
         """Called before `step` is dispatched."""
         if self.cfg.num_steps > 0 and step == self.cfg.first_step:
+            if storage.is_uri(self.destination):
+                self.log_dir = tempfile.mkdtemp(prefix="t5x_lite-profile-")
             jax.profiler.start_trace(self.log_dir)
             self.active = True
 
@@ -40,6 +49,10 @@ class StepProfiler:
             self.close()
 
     def close(self) -> None:
-        if self.active:
-            jax.profiler.stop_trace()
-            self.active = False
+        if not self.active:
+            return
+        jax.profiler.stop_trace()
+        self.active = False
+        if self.log_dir != str(self.destination):
+            storage.copy_tree(self.log_dir, self.destination)
+            shutil.rmtree(self.log_dir, ignore_errors=True)

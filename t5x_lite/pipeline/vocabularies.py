@@ -58,8 +58,8 @@ def build_sentencepiece_vocab(vocab_size: int = DEFAULT_SPM_VOCAB_SIZE,
     cached = _ensure_cached_model(vocab_size)
     if output_path is None:
         return str(cached)
-    destination = pathlib.Path(output_path).expanduser().resolve()
-    if destination != cached:
+    destination = storage.path(os.path.expanduser(output_path))
+    if str(destination) != str(cached.resolve()):
         storage.write_atomic(destination, cached.read_bytes())
     return str(destination)
 

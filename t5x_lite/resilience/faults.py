@@ -88,10 +88,9 @@ def _first_time(fault: str, step: int, model_dir: storage.PathLike) -> bool:
 def corrupt_files(directory: storage.PathLike) -> None:
     """Truncates every file under `directory` to a third and writes garbage at its start."""
     garbage = b"\xff\x00garbage"
-    for root, _, names in storage.path(directory).walk():
-        for file in (root / name for name in names):
-            content = file.read_bytes()
-            file.write_bytes(garbage + content[len(garbage):max(len(content) // 3, 1)])
+    for file in storage.files_under(directory):
+        content = file.read_bytes()
+        file.write_bytes(garbage + content[len(garbage):max(len(content) // 3, 1)])
 
 
 def _at_steps(position: jax.Array, steps: tuple[int, ...], value: float) -> jax.Array:
