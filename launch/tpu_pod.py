@@ -2,10 +2,10 @@
 
     python launch/tpu_pod.py --name=my-tpu --zone=us-central2-b --accelerator_type=v4-32 \
         --package=dist/t5x_lite-0.1.0-py3-none-any.whl [--project=P] [--version=V] [--spot] \
-        [--dry-run] -- t5x_lite train --gin_file=... --gin.MODEL_DIR="'/mnt/shared/run'"
+        [--dry-run] -- t5x_lite train --gin_file=... --gin.MODEL_DIR="'gs://bucket/run'"
 
 Steps: describe the TPU VM, create it when that fails; copy `--package` to every
-worker when it is a local file; pip install it (with the `tpu` extra) on every
+worker when it is a local file; pip install it (with the `tpu` and `gcs` extras) on every
 worker; start the command on every worker in the background, with
 T5X_LITE_DISTRIBUTED=cluster so that `jax.distributed.initialize()` finds the pod
 itself; then stream worker 0's log until its run ends. Stopping this script stops
@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--package", default="t5x_lite",
                         help="a local wheel or sdist to copy, or any pip requirement "
                              "(a git+https:// URL, a name)")
-    parser.add_argument("--extras", default="tpu", help="pip extras to install with it")
+    parser.add_argument("--extras", default="tpu,gcs", help="pip extras to install with it")
     parser.add_argument("--stop", action="store_true",
                         help="send SIGTERM to the run on every worker (a preemption: it "
                              "saves and exits 75) instead of starting one")

@@ -273,7 +273,7 @@ def test_tpu_pod_dry_run_with_a_local_wheel(tmp_path):
         f"{tpu_vm} create pod --accelerator-type=v4-32 --version=tpu-ubuntu2204-base {where}",
         f"{tpu_vm} scp {wheel} 'pod:~/' --worker=all {where}",
         (f"{tpu_vm} ssh pod --worker=all '--command=python3 -m pip install --upgrade "
-        f"\"$HOME/{wheel.name}[tpu]\"' {where}"),
+        f"\"$HOME/{wheel.name}[tpu,gcs]\"' {where}"),
         f"{tpu_vm} ssh pod --worker=all {shlex.quote('--command=' + start)} {where}",
         (f"{tpu_vm} ssh pod --worker=0 '--command=tail --pid=$(cat ~/t5x_lite_run.pid) -n +1 "
         f"-f ~/t5x_lite_run.log' {where}"),
@@ -288,7 +288,7 @@ def test_tpu_pod_runs_the_command_unchanged_on_the_workers():
     assert lines[1] == ("gcloud compute tpus tpu-vm create pod --accelerator-type=v4-8 "
                         "--version=tpu-ubuntu2204-base --spot --zone=z")
     assert shlex.split(lines[2])[7] == ("--command=python3 -m pip install --upgrade "
-                                        "'t5x_lite[tpu]==0.1.0'")
+                                        "'t5x_lite[tpu,gcs]==0.1.0'")
     remote = shlex.split(shlex.split(lines[3])[7].removeprefix("--command="))
     assert remote[:5] == ["setsid", "nohup", "env", "PATH=$HOME/.local/bin:$PATH",
                           "T5X_LITE_DISTRIBUTED=cluster"]

@@ -57,6 +57,13 @@ def test_appender_writes_nothing_on_other_processes(tmp_path, monkeypatch):
     assert not path.exists()
 
 
+def test_read_jsonl_skips_a_line_cut_short_by_a_crash(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "lo')
+    storage.JsonlAppender(path).append({"step": 3})  # the restarted run goes on
+    assert [r["step"] for r in storage.read_jsonl(path)] == [1, 3]
+
+
 def test_read_jsonl_of_an_absent_file_is_empty(tmp_path):
     assert storage.read_jsonl(tmp_path / "nothing.jsonl") == []
 

@@ -48,7 +48,8 @@ def _supervise(args) -> None:
     from t5x_lite.resilience.supervisor import Supervisor
     if not args.child:
         raise ConfigError("supervise needs a command: t5x_lite supervise -- t5x_lite train ...")
-    sys.exit(Supervisor(args.child, args.max_restarts, args.grace_seconds).run())
+    sys.exit(Supervisor(args.child, args.max_restarts, args.grace_seconds, args.model_dir,
+                        args.max_stalled).run())
 
 
 def _export_hf(args) -> None:

@@ -123,6 +123,11 @@ def _supervise(parser) -> None:
                         help="restarts allowed after preemption, a hang or a crash")
     parser.add_argument("--grace_seconds", type=float, default=60.0, metavar="SECONDS",
                         help="after forwarding SIGTERM, wait this long before SIGKILL")
+    parser.add_argument("--model_dir", metavar="DIR",
+                        help="the run's MODEL_DIR, to follow its progress (default: the "
+                             "command's --gin.MODEL_DIR)")
+    parser.add_argument("--max_stalled", type=int, default=3, metavar="N",
+                        help="stop after N attempts in a row that log no new step (0: never)")
     parser.epilog = ("COMMAND, after --, is the command to run, e.g. "
                      "-- t5x_lite train --gin_file=quickstart.gin --gin.MODEL_DIR=\"'/tmp/run'\"")
 

@@ -67,6 +67,18 @@ def _parts_text(folder: epath.Path) -> str:
     return "".join(part.read_text() for part in _current_parts(folder))
 
 
+def _ends_a_line(file: epath.Path) -> bool:
+    """True if `file` is absent, empty or ends with a newline."""
+    if not file.exists():
+        return True
+    with file.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 class JsonlAppender:
     """Appends JSON objects, one per line, to one record file, on process 0 only.
 
@@ -80,16 +92,26 @@ class JsonlAppender:
         self._remote = is_uri(self.path)
         self._last_key = ""
         self._appends = 0
+        self._line_ended = False
 
     def append(self, *records: dict) -> None:
         if not self.enabled or not records:
             return
         text = "".join(json.dumps(record) + "\n" for record in records)
-        if not self._remote:
-            make_parent(self.path)
-            with self.path.open("a") as f:
-                f.write(text)
-            return
+        if self._remote:
+            self._append_object(text)
+        else:
+            self._append_to_file(text)
+
+    def _append_to_file(self, text: str) -> None:
+        make_parent(self.path)
+        if not self._line_ended:  # a line a crash cut short is ended before ours
+            text = ("" if _ends_a_line(self.path) else "\n") + text
+            self._line_ended = True
+        with self.path.open("a") as f:
+            f.write(text)
+
+    def _append_object(self, text: str) -> None:
         folder = _parts_folder(self.path)
         write_atomic(folder / f"{self._next_key()}.jsonl", text)
         self._appends += 1

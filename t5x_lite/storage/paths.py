@@ -18,7 +18,12 @@ from collections.abc import Iterator
 # its own endpoint and credential handling; gcsfs serves every gs:// path here instead.
 os.environ.setdefault("EPATH_USE_TF", "false")
 
+import fsspec.config  # noqa: E402
 from etils import epath  # noqa: E402  (after the backend choice above)
+
+# gcsfs keeps directory listings forever by default, so one process would not see the
+# objects another writes (checkpoint steps, record parts): list afresh every time.
+fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
 
 from t5x_lite.errors import ConfigError  # noqa: E402
 
@@ -143,10 +148,12 @@ def remove_tree(location: PathLike) -> None:
     """Removes a directory and everything under it; on an object store the MARKERS go
     first, so an interrupted removal leaves nothing that reads as complete."""
     directory = path(location)
+    if not directory.exists():
+        return
     if is_uri(directory):
         for marker in [f for f in files_under(directory) if f.name in MARKERS]:
             marker.unlink(missing_ok=True)
-    directory.rmtree(missing_ok=True)
+    directory.rmtree()
 
 
 def set_aside(location: PathLike, new_name: str) -> epath.Path:
