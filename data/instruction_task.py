@@ -16,6 +16,7 @@ import tensorflow as tf
 from .lm_task import SHUFFLE_BUFFER_SIZE, vocabulary
 from .preprocessors import drop_examples_that_do_not_fit
 from .sharded_source import ShardFirstSource
+from .user_files import content_sha256
 
 
 def register_instruction_task(name: str, source: seqio.DataSource, vocabulary_name: str,
@@ -53,4 +54,7 @@ def in_memory_source(examples_by_split: Callable[[str], Sequence[dict[str, str]]
             key: tf.constant([example[key] for example in examples], dtype=tf.string)
             for key in ("inputs", "targets")})
 
-    return ShardFirstSource(read_split, splits=splits)
+    def identity(split: str) -> dict:
+        return {"examples_sha256": content_sha256(examples_by_split(split))}
+
+    return ShardFirstSource(read_split, splits=splits, identity=identity)

@@ -31,10 +31,13 @@ class ShardableSource(seqio.DataSource):
 
 
 class ShardFirstSource(ShardableSource):
-    """Examples from `read_split(split)`, a dataset in a fixed order."""
+    """Examples from `read_split(split)`, a dataset in a fixed order. `identity(split)`,
+    if given, says what a split holds (a token store's fingerprint is made of it)."""
 
-    def __init__(self, read_split: Callable[[str], tf.data.Dataset], splits: Sequence[str]):
+    def __init__(self, read_split: Callable[[str], tf.data.Dataset], splits: Sequence[str],
+                 identity: Callable[[str], dict] | None = None):
         self._read_split = read_split
+        self.identity = identity
         super().__init__(splits=tuple(splits))
 
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,

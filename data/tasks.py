@@ -23,7 +23,12 @@ def embedded_corpus_source(kind: str) -> ShardFirstSource:
         return builder.as_dataset(split=embedded_corpus.split_name(kind, split),
                                   shuffle_files=False)
 
-    return ShardFirstSource(read_split, splits=("train", "validation"))
+    def identity(split: str) -> dict:
+        return {"embedded_corpus": embedded_corpus.INTERPRETER_CONFIG,
+                "version": str(embedded_corpus.EmbeddedCorpus.VERSION), "kind": kind,
+                "split": split}
+
+    return ShardFirstSource(read_split, splits=("train", "validation"), identity=identity)
 
 
 def task_name(kind: str, vocabulary_name: str = "byte") -> str:

@@ -21,7 +21,7 @@ from t5x_lite.errors import ConfigError
 
 from .lm_task import register_lm_task
 from .sharded_source import ShardFirstSource
-from .user_files import existing_files, read_utf8
+from .user_files import content_sha256, existing_files, read_utf8
 
 _WHERE = "text_file_task"
 FILE_FORMATS = ("auto", "txt", "jsonl")
@@ -151,4 +151,7 @@ def _in_memory_source(texts_by_split: dict[str, list[str]]) -> ShardFirstSource:
         return tf.data.Dataset.from_tensor_slices(
             {"text": tf.constant(texts_by_split[split], dtype=tf.string)})
 
-    return ShardFirstSource(read_split, splits=list(texts_by_split))
+    def identity(split: str) -> dict:
+        return {"texts_sha256": content_sha256(texts_by_split[split])}
+
+    return ShardFirstSource(read_split, splits=list(texts_by_split), identity=identity)

@@ -1,5 +1,7 @@
 """The user's data files named in gin, local or on an object store (`gs://`)."""
 
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 
@@ -28,3 +30,8 @@ def read_utf8(path: epath.Path, where: str) -> str:
     except UnicodeDecodeError as error:
         raise ConfigError(f"{where}: {path} is not UTF-8 text (byte {error.start}); "
                           "convert it to UTF-8.") from None
+
+
+def content_sha256(content) -> str:
+    """A digest of JSON-able content (texts, examples): what a token store is keyed by."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()

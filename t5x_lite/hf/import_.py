@@ -126,8 +126,8 @@ def import_command(hf_dir: str | None, out: str | None, scan_layers: bool,
                    overwrite: bool):
     """`t5x_lite import-hf`: checks the flags, imports, and says what it wrote."""
     if not hf_dir or not out:
-        raise ConfigError("import-hf needs --hf_dir (a transformers Llama checkpoint, local or gs://) "
-                          "and --out (the t5x_lite model directory to write).")
+        raise ConfigError("import-hf needs --hf_dir (a transformers Llama checkpoint, local or "
+                          "gs://) and --out (the t5x_lite model directory to write).")
     cfg = import_checkpoint(hf_dir, out, scan_layers=scan_layers, overwrite=overwrite)
     out = storage.path(out)
     print(f"imported {storage.path(hf_dir)} ({cfg.num_layers} layers, "

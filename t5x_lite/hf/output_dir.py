@@ -6,7 +6,8 @@ export or import either produces the whole directory or leaves nothing. On an ob
 store, which has no rename, the output is written into a local temporary directory and
 then copied to its place with the files that mark it complete (`storage.MARKERS`:
 `config.json`, checkpoint commit markers) last; a copy cut short is removed, and one cut
-short harder holds no marker, so no loader takes it for a model.
+short harder holds no marker, so no loader takes it for a model. An output replaced
+there (`overwrite`) is removed, markers first, before the new one is copied.
 """
 
 import contextlib

@@ -71,6 +71,12 @@ class ModelFamily(abc.ABC):
         """The seqio FeatureConverter producing `features` from a Task (with `inputs` and
         `targets`, or `targets` only)."""
 
+    def packed_features(self, packed: Mapping[str, Any]) -> dict[str, Any]:
+        """The model's features of rows cut from token stores, from seqio's packed layout
+        (numpy [B, L]): `targets`, `targets_segment_ids`, `targets_positions` (position 0
+        starts a segment; segment 0 is padding)."""
+        raise NotImplementedError(f"the {self.name} family does not read token stores")
+
     @abc.abstractmethod
     def logits(self, cfg, model: nnx.Module, batch: Mapping[str, jax.Array]) -> jax.Array:
         """Float32 logits [B, T, V] over the target positions of a batch."""

@@ -1,6 +1,12 @@
 """The batches the trainer reads: seqio Tasks packed, sharded and resumable.
 
-The global stream is made of S = `num_data_shards` shard pipelines. Shard s reads
+Two streams, chosen by `DataConfig.stream`. `store`: each Task is written once to a
+token store and batch i is computed from the stores by index arithmetic
+(`store_stream`), so a resume or a rollback reaches any position at once and each
+process reads only its own rows. `skip`: the seqio pipeline itself, replayed from the
+start to reach a position, for Tasks that cannot be stored.
+
+The skip stream is made of S = `num_data_shards` shard pipelines. Shard s reads
 the s-th of S slices of the data, shuffles it with a seed derived from (seed, s),
 repeats it forever, packs it and batches it to B / S rows. Rows
 [s * B / S, (s + 1) * B / S) of global batch i are batch i of shard s. Process p of
@@ -13,9 +19,12 @@ into the features its model reads (the decoder: rows of inputs then targets, wit
 on the targets only); the family defaults to the decoder.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import itertools
+import sys
 from collections.abc import Iterator, Mapping
 
 import gin
@@ -27,10 +36,14 @@ import tensorflow as tf
 from t5x_lite import data  # Registers the built-in Tasks; hides accelerators from TF.
 from t5x_lite.errors import ConfigError
 from t5x_lite.models import family as family_lib
+from t5x_lite.pipeline import store_build
+from t5x_lite.pipeline.store_stream import LmRows, StoreStream
 
 data.hide_accelerators_from_tensorflow()
 
 _EVAL_SEED = 0  # Eval data does not depend on the training seed.
+STREAMS = ("skip", "store")
+PREFETCH_BATCHES = 2
 
 
 @gin.configurable
@@ -44,8 +57,10 @@ class DataConfig:
     seed: int = 0
     pack: bool = True
     shuffle: bool = True
-    num_data_shards: int | None = None   # None -> jax.process_count()
+    num_data_shards: int | None = None   # None -> jax.process_count(); the skip stream's
     eval_split: str = "validation"
+    stream: str = "skip"   # "store": token stores; "skip": the seqio pipeline, replayed
+    store_dir: str | None = None   # None -> $T5X_LITE_STORE_DIR, else the cache's stores/
 
     @property
     def shard_count(self) -> int:
@@ -71,7 +86,13 @@ def validate(cfg: DataConfig, process_index: int, process_count: int) -> None:
             raise ConfigError(f"TASK_FEATURE_LENGTHS={lengths} (DataConfig.task_feature_lengths) "
                               f"gives '{name}' the length {length!r}: each length must be a "
                               "positive number of tokens; set it like {'targets': 256}.")
-    _owned_shards(cfg, process_index, process_count)
+    if cfg.stream not in STREAMS:
+        raise ConfigError(f"DataConfig.stream={cfg.stream!r}: use one of {list(STREAMS)}.")
+    if cfg.stream == "skip":
+        _owned_shards(cfg, process_index, process_count)
+    elif batch_size % process_count:
+        raise ConfigError(f"BATCH_SIZE={batch_size} is not divisible by the {process_count} "
+                          "processes: make it a multiple of the process count.")
 
 
 def position_meta(cfg: DataConfig) -> dict:
@@ -119,10 +140,18 @@ def train_batches(cfg: DataConfig, start_position: int, process_index: int, proc
                   ) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of global batches `start_position`, `start_position + 1`, ..., in
     the features of `family` (default: the decoder)."""
-    shards = _owned_shards(cfg, process_index, process_count)
-    _check_split(cfg, "train", cfg.shuffle)
     if start_position < 0:
         raise ConfigError(f"start_position={start_position}: the data position cannot be negative.")
+    _check_split(cfg, "train", cfg.shuffle and cfg.stream == "skip")
+    if cfg.stream == "store":
+        stream = _store_stream(cfg, "train", cfg.shuffle, cfg.seed)
+        return _prefetched(_store_batches(stream, cfg, family, itertools.count(start_position),
+                                          process_index, process_count))
+    if start_position:
+        print(f"data: replaying {start_position} batches of the seqio pipeline to reach data "
+              f"position {start_position} (DataConfig.stream = 'skip'; a token store reaches "
+              "it at once)", file=sys.stderr)
+    shards = _owned_shards(cfg, process_index, process_count)
     converter = feature_converter(cfg, family)
     datasets = [_shard_batches(cfg, converter, shard, "train", cfg.shuffle,
                                _shard_seed(cfg.seed, shard)).skip(start_position)
@@ -134,13 +163,72 @@ def eval_batches(cfg: DataConfig, num_batches: int, process_index: int, process_
                  family: family_lib.ModelFamily | None = None
                  ) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of the first `num_batches` global batches of the eval split."""
-    shards = _owned_shards(cfg, process_index, process_count)
     _check_split(cfg, cfg.eval_split, shuffle=False)
+    if cfg.stream == "store":
+        stream = _store_stream(cfg, cfg.eval_split, False, _EVAL_SEED)
+        return _store_batches(stream, cfg, family, range(num_batches), process_index,
+                              process_count)
+    shards = _owned_shards(cfg, process_index, process_count)
     converter = feature_converter(cfg, family)
     datasets = [_shard_batches(cfg, converter, shard, cfg.eval_split, False,
                                _shard_seed(_EVAL_SEED, shard)).take(num_batches)
                 for shard in shards]
     return _process_rows(datasets, shards, cfg, cfg.eval_split)
+
+
+def _store_stream(cfg: DataConfig, split: str, shuffle: bool, seed: int) -> StoreStream:
+    """The stream of the stores of the Tasks with rows in `split` (built if missing)."""
+    if _is_instruction_data(cfg):
+        raise ConfigError(f"'{cfg.mixture_or_task_name}' has inputs and targets; token stores "
+                          "hold language-modeling data (targets only) so far: set "
+                          "DataConfig.stream = 'skip'.")
+    provider = _provider(cfg.mixture_or_task_name)
+    lengths = dict(cfg.task_feature_lengths)
+    sources, names, rates = [], [], []
+    for task in _tasks(cfg.mixture_or_task_name):
+        if split not in task.splits:
+            continue
+        try:
+            # Whole documents: rows are cut from them, so one store serves every length.
+            store = store_build.store_for(task, split, None, cfg.store_dir,
+                                          progress=jax.process_index() == 0)
+        except store_build.NotMaterialisable as reason:
+            raise ConfigError(f"Task '{task.name}' cannot be written to a token store: "
+                              f"{reason}; set DataConfig.stream = 'skip'.") from None
+        rows = LmRows(store, lengths["targets"])
+        if rows.num_rows:
+            sources.append(rows)
+            names.append(task.name)
+            rates.append(provider.get_rate(task) if isinstance(provider, seqio.Mixture) else 1.0)
+    if not sources:
+        raise ConfigError(f"The '{split}' split of '{cfg.mixture_or_task_name}' has fewer "
+                          f"tokens than one row of {lengths['targets']}: add data or shorten "
+                          "TASK_FEATURE_LENGTHS.")
+    return StoreStream(sources, names, rates, seed, shuffle)
+
+
+def _store_batches(stream: StoreStream, cfg: DataConfig, family, positions: Iterator[int],
+                   process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of each global batch in `positions`, as model features."""
+    family = family or family_lib.default()  # resolved here, not on a prefetch thread
+    rows = cfg.global_batch_size // process_count
+    firsts = (position * cfg.global_batch_size + process_index * rows for position in positions)
+    return (family.packed_features(stream.packed_rows(np.arange(first, first + rows)))
+            for first in firsts)
+
+
+def _prefetched(batches: Iterator, size: int = PREFETCH_BATCHES) -> Iterator:
+    """`batches`, computed up to `size` ahead on a worker thread. The worker belongs to a
+    thread pool, so an interpreter that exits first lets it finish its batch and stop."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="data-prefetch")
+    end = object()
+    ahead = collections.deque(pool.submit(next, batches, end) for _ in range(size))
+    try:
+        while (batch := ahead.popleft().result()) is not end:
+            ahead.append(pool.submit(next, batches, end))
+            yield batch
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _provider(name: str) -> seqio.DatasetProviderBase:

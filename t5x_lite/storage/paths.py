@@ -30,8 +30,9 @@ from t5x_lite.errors import ConfigError  # noqa: E402
 PathLike = str | os.PathLike
 
 # Files whose presence tells a reader a directory is complete: orbax's commit marker
-# of a checkpoint step on an object store, and the config of a Hugging Face model.
-MARKERS = ("commit_success.txt", "config.json")
+# of a checkpoint step on an object store, the config of a Hugging Face model, and the
+# manifest of a token store.
+MARKERS = ("commit_success.txt", "config.json", "manifest.json")
 
 # Schemes with a backend: (module that must be importable, extra that installs it).
 BACKENDS = {"gs": ("gcsfs", "gcs")}

@@ -44,6 +44,18 @@ class DecoderFamily(family_lib.ModelFamily):
             return converters.InstructionFeatureConverter(pack=pack)
         return converters.LanguageModelFeatureConverter(pack=pack)
 
+    def packed_features(self, packed) -> dict[str, np.ndarray]:
+        """As seqio's decoder converter: inputs are the targets shifted right within each
+        segment (START_ID at its start), loss on every token."""
+        targets, positions = packed["targets"], packed["targets_positions"]
+        inputs = np.zeros_like(targets)
+        inputs[:, 1:] = targets[:, :-1]
+        inputs[positions == 0] = START_ID
+        return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets,
+                "decoder_loss_weights": (targets != 0).astype(np.int32),
+                "decoder_segment_ids": packed["targets_segment_ids"],
+                "decoder_positions": positions}
+
     def logits(self, cfg, model: Decoder, batch) -> jax.Array:
         return model(batch["decoder_input_tokens"], batch["decoder_positions"],
                      batch["decoder_segment_ids"])

@@ -1,0 +1,72 @@
+"""The data stream read from token stores: row g of the global stream is a pure function
+of (seed, g, the stores), computed by index arithmetic, so any position is reached in
+constant time and every process reads only its own rows.
+
+Language-modeling rows are cut from each Task's examples concatenated one after another
+(concatenate, then split): row r of a Task is its tokens [r * L, (r + 1) * L), with a
+segment per example (or part of one) and positions from 0 within each. A Mixture takes
+its rows in a fixed pattern per block of MIXTURE_BLOCK_ROWS rows, in proportion to its
+rates (so rates count rows, that is tokens); each Task's rows come in a keyed
+permutation, a new one each epoch.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from t5x_lite.pipeline import stream_index
+from t5x_lite.pipeline.token_store import TokenStore
+
+MIXTURE_BLOCK_ROWS = 1024
+PACKED_KEYS = ("targets", "targets_segment_ids", "targets_positions")
+
+
+class LmRows:
+    """A Task's store as rows of `length` tokens: its examples concatenated, then split
+    (the tokens after the last whole row are left out)."""
+
+    def __init__(self, store: TokenStore, length: int):
+        self.store, self.length = store, length
+        offsets = store.offsets("targets")
+        self.starts = offsets[:-1]
+        self.num_rows = int(offsets[-1]) // length
+
+    def packed(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows `rows` in seqio's packed layout, each [len(rows), length]."""
+        length = self.length
+        targets = np.stack([self.store.tokens("targets", r * length, (r + 1) * length)
+                            for r in rows.tolist()]) if len(rows) else np.zeros((0, length))
+        begin_R1 = (rows.astype(np.int64) * length)[:, None]
+        token_RL = begin_R1 + np.arange(length)
+        example_RL = np.searchsorted(self.starts, token_RL, side="right") - 1
+        first_example_R1 = example_RL[:, :1]
+        segment_start_RL = np.maximum(self.starts[example_RL], begin_R1)
+        return {"targets": targets.astype(np.int32),
+                "targets_segment_ids": (example_RL - first_example_R1 + 1).astype(np.int32),
+                "targets_positions": (token_RL - segment_start_RL).astype(np.int32)}
+
+
+class StoreStream:
+    """Rows of one Task, or of a Mixture of Tasks with `rates`."""
+
+    def __init__(self, sources: Sequence[LmRows], names: Sequence[str],
+                 rates: Sequence[float], seed: int, shuffle: bool,
+                 block_rows: int = MIXTURE_BLOCK_ROWS):
+        self.sources, self.names = list(sources), list(names)
+        self.seed, self.shuffle = seed, shuffle
+        self.pattern = stream_index.MixturePattern.create(
+            list(rates), block_rows if len(self.sources) > 1 else 1)
+
+    def packed_rows(self, global_rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows `global_rows` of the stream, in seqio's packed layout."""
+        length = self.sources[0].length
+        packed = {key: np.zeros((len(global_rows), length), np.int32) for key in PACKED_KEYS}
+        source_ids, indices = self.pattern.locate_array(np.asarray(global_rows, np.int64))
+        for source_id in np.unique(source_ids):
+            chosen = source_ids == source_id
+            source = self.sources[source_id]
+            _, rows = stream_index.epoch_rows(indices[chosen], source.num_rows, self.seed,
+                                              self.names[source_id], self.shuffle)
+            for key, value in source.packed(np.asarray(rows, np.int64)).items():
+                packed[key][chosen] = value
+        return packed

@@ -1,0 +1,171 @@
+"""The token-store stream: batch i is a pure function of (seed, i, the stores), reached in
+constant time, the same for every process count, covering each Task once per epoch,
+mixing by exact row counts, and cutting whole documents into the rows seqio packs."""
+
+import hashlib
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import seqio
+
+from t5x_lite.data import text_file_task
+from t5x_lite.models import family as family_lib
+from t5x_lite.pipeline import input_pipeline, store_stream
+from t5x_lite.pipeline.input_pipeline import DataConfig
+from t5x_lite.pipeline.token_store import TokenStore
+from tests.helpers import assert_same_batches
+
+LENGTH = 16
+BATCH = 8
+
+
+def _lines(prefix: str, count: int) -> str:
+    return "".join(f"{prefix} {i}: {'xyz' * (i % 5)}\n" for i in range(count))
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    return tmp_path_factory.mktemp("stores")
+
+
+@pytest.fixture(scope="module")
+def text_task(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text(_lines("line", 300))
+    return text_file_task(files=[str(path)], name="store_test_text", chunk_chars=64)
+
+
+def _config(name, stores, **overrides) -> DataConfig:
+    return DataConfig(name, {"targets": LENGTH}, BATCH, stream="store",
+                      store_dir=str(stores), **overrides)
+
+
+def _batches(cfg, start, count, process_index=0, process_count=1) -> list[dict]:
+    return list(itertools.islice(input_pipeline.train_batches(
+        cfg, start, process_index, process_count), count))
+
+
+SCRIPT = textwrap.dedent("""
+    import hashlib, sys
+    from t5x_lite.data import text_file_task
+    from t5x_lite.pipeline import input_pipeline
+    from t5x_lite.pipeline.input_pipeline import DataConfig
+    corpus, stores, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    name = text_file_task(files=[corpus], name="store_test_text", chunk_chars=64)
+    cfg = DataConfig(name, {"targets": 16}, 8, seed=seed, stream="store", store_dir=stores)
+    batch = next(input_pipeline.train_batches(cfg, 5, 0, 1))
+    print(hashlib.sha256(b"".join(batch[k].tobytes() for k in sorted(batch))).hexdigest())
+""")
+
+
+def test_a_batch_is_byte_identical_in_fresh_processes_and_depends_on_the_seed(tmp_path):
+    (tmp_path / "corpus.txt").write_text(_lines("line", 300))
+    digests = [subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "corpus.txt"),
+                               str(tmp_path / "stores"), str(seed)], capture_output=True,
+                              text=True, check=True).stdout.split()[-1]
+               for seed in (0, 0, 1)]
+    assert digests[0] == digests[1] != digests[2]
+
+
+@pytest.mark.parametrize("where", ["start", "second batch", "epoch boundary", "10**9"])
+def test_a_stream_started_anywhere_continues_the_stream_started_earlier(text_task, stores,
+                                                                      where):
+    cfg = _config(text_task, stores)
+    rows_per_epoch = _stream(cfg).sources[0].num_rows
+    assert rows_per_epoch % BATCH  # a batch holds the end of one epoch and the next's start
+    position = {"start": 0, "second batch": 1, "epoch boundary": rows_per_epoch // BATCH,
+                "10**9": 10**9}[where]
+    earlier = max(position - 3, 0)
+    assert_same_batches(_batches(cfg, position, 2),
+                        _batches(cfg, earlier, position - earlier + 2)[position - earlier:])
+
+
+def _stream(cfg) -> store_stream.StoreStream:
+    return input_pipeline._store_stream(cfg, "train", cfg.shuffle, cfg.seed)  # noqa: SLF001
+
+
+def test_reaching_any_position_reads_no_more_than_the_first_batch(text_task, stores):
+    cfg = _config(text_task, stores)
+    stream = _stream(cfg)
+    store = stream.sources[0].store
+    reads = []
+    for position in (0, 10**9):
+        before = store.tokens_read
+        stream.packed_rows(np.arange(position * BATCH, (position + 1) * BATCH))
+        reads.append(store.tokens_read - before)
+    assert reads == [BATCH * LENGTH, BATCH * LENGTH]
+
+
+def test_processes_read_their_own_rows_of_the_same_global_batches(text_task, stores):
+    cfg = _config(text_task, stores)
+    (global_batch,) = _batches(cfg, 7, 1)
+    for process_count in (2, 4, 8):
+        parts = [_batches(cfg, 7, 1, index, process_count)[0] for index in range(process_count)]
+        joined = {key: np.concatenate([part[key] for part in parts]) for key in global_batch}
+        assert_same_batches([joined], [global_batch])
+
+
+def test_one_epoch_holds_every_row_once(text_task, stores):
+    stream = _stream(_config(text_task, stores))
+    rows = stream.sources[0].num_rows
+    first, second = (stream.packed_rows(np.arange(epoch * rows, (epoch + 1) * rows))["targets"]
+                     for epoch in (0, 1))
+    in_order = stream.sources[0].packed(np.arange(rows))["targets"]
+    for epoch in (first, second):
+        assert sorted(map(bytes, epoch)) == sorted(map(bytes, in_order))
+    assert not np.array_equal(first, second) and not np.array_equal(first, in_order)
+
+
+def test_a_mixture_takes_exact_row_counts_per_block(tmp_path):
+    names = []
+    for letter in "ab":
+        (tmp_path / f"{letter}.txt").write_text(letter * 5000)
+        names.append(text_file_task(files=[str(tmp_path / f"{letter}.txt")],
+                                    name=f"store_test_{letter}", validation_fraction=0.0))
+    seqio.MixtureRegistry.remove("store_test_mixture")
+    seqio.MixtureRegistry.add("store_test_mixture", [(names[0], 3.0), (names[1], 1.0)])
+    cfg = _config("store_test_mixture", tmp_path / "stores")
+    blocks = 2 * store_stream.MIXTURE_BLOCK_ROWS // BATCH
+    targets = np.concatenate([b["decoder_target_tokens"] for b in _batches(cfg, 0, blocks)])
+    from_a, from_b = ((targets == ord(letter) + 3).any(axis=1) for letter in "ab")  # bytes
+    assert not (from_a & from_b).any()
+    assert from_a.sum() == 2 * 768 and from_b.sum() == 2 * 256
+
+
+def test_rows_of_whole_documents_are_the_rows_seqio_packs(tmp_path):
+    # Every example is 15 bytes and EOS: two fill a row, as seqio packs them.
+    lines = [json.dumps({"text": f"document {i:06d}"}) for i in range(64)]
+    (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    name = text_file_task(files=[str(tmp_path / "docs.jsonl")], name="store_test_docs",
+                          validation_fraction=0.0)
+    cfg = _config(name, tmp_path / "stores", shuffle=False)
+    ours = _batches(cfg, 0, 4)
+    task = seqio.get_mixture_or_task(name)
+    dataset = task.get_dataset({"targets": LENGTH}, split="train", shuffle=False)
+    converter = family_lib.default().feature_converter(has_inputs=False, pack=True)
+    packed = list(converter(dataset, {"targets": LENGTH}).batch(BATCH).take(4)
+                  .as_numpy_iterator())
+    assert_same_batches([{k: np.asarray(b[k], np.int32) for k in ours[0]} for b in packed],
+                        ours)
+
+
+def test_a_store_is_reused_and_rebuilt_when_its_text_changes(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(_lines("first", 200))
+    cfg = _config(text_file_task(files=[str(path)], name="store_test_changes"),
+                  tmp_path / "stores")
+    first = _stream(cfg).sources[0].store.directory
+    assert _stream(cfg).sources[0].store.directory == first  # found, not rebuilt
+    path.write_text(_lines("second", 200))
+    cfg = _config(text_file_task(files=[str(path)], name="store_test_changes"),
+                  tmp_path / "stores")
+    second = _stream(cfg).sources[0].store.directory
+    assert second != first and TokenStore(first).manifest.fingerprint != TokenStore(
+        second).manifest.fingerprint
+    digest = hashlib.sha256((second / "targets.tokens").read_bytes()).hexdigest()
+    assert digest != hashlib.sha256((first / "targets.tokens").read_bytes()).hexdigest()
