@@ -21,8 +21,9 @@ LENGTH = 64
 
 
 def _config(name, **overrides):
+    """The seqio (skip) stream: the store stream has its own tests (test_token_store)."""
     fields = dict(mixture_or_task_name=name, task_feature_lengths={"targets": LENGTH},
-                  global_batch_size=8, seed=0, num_data_shards=1)
+                  global_batch_size=8, seed=0, num_data_shards=1, stream="skip")
     return input_pipeline.DataConfig(**{**fields, **overrides})
 
 

@@ -4,7 +4,8 @@ Two streams, chosen by `DataConfig.stream`. `store`: each Task is written once t
 token store and batch i is computed from the stores by index arithmetic
 (`store_stream`), so a resume or a rollback reaches any position at once and each
 process reads only its own rows. `skip`: the seqio pipeline itself, replayed from the
-start to reach a position, for Tasks that cannot be stored.
+start to reach a position, for Tasks that cannot be stored. `auto` (the default) is
+`store` for packed language-modeling data whose sources say what they read, else `skip`.
 
 The skip stream is made of S = `num_data_shards` shard pipelines. Shard s reads
 the s-th of S slices of the data, shuffles it with a seed derived from (seed, s),
@@ -42,7 +43,7 @@ from t5x_lite.pipeline.store_stream import LmRows, StoreStream
 data.hide_accelerators_from_tensorflow()
 
 _EVAL_SEED = 0  # Eval data does not depend on the training seed.
-STREAMS = ("skip", "store")
+STREAMS = ("auto", "skip", "store")
 PREFETCH_BATCHES = 2
 
 
@@ -59,7 +60,7 @@ class DataConfig:
     shuffle: bool = True
     num_data_shards: int | None = None   # None -> jax.process_count(); the skip stream's
     eval_split: str = "validation"
-    stream: str = "skip"   # "store": token stores; "skip": the seqio pipeline, replayed
+    stream: str = "auto"   # "store": token stores; "skip": the seqio pipeline; "auto"
     store_dir: str | None = None   # None -> $T5X_LITE_STORE_DIR, else the cache's stores/
 
     @property
@@ -88,7 +89,7 @@ def validate(cfg: DataConfig, process_index: int, process_count: int) -> None:
                               "positive number of tokens; set it like {'targets': 256}.")
     if cfg.stream not in STREAMS:
         raise ConfigError(f"DataConfig.stream={cfg.stream!r}: use one of {list(STREAMS)}.")
-    if cfg.stream == "skip":
+    if not uses_store(cfg):
         _owned_shards(cfg, process_index, process_count)
     elif batch_size % process_count:
         raise ConfigError(f"BATCH_SIZE={batch_size} is not divisible by the {process_count} "
@@ -142,8 +143,9 @@ def train_batches(cfg: DataConfig, start_position: int, process_index: int, proc
     the features of `family` (default: the decoder)."""
     if start_position < 0:
         raise ConfigError(f"start_position={start_position}: the data position cannot be negative.")
-    _check_split(cfg, "train", cfg.shuffle and cfg.stream == "skip")
-    if cfg.stream == "store":
+    store = uses_store(cfg)
+    _check_split(cfg, "train", cfg.shuffle and not store)
+    if store:
         stream = _store_stream(cfg, "train", cfg.shuffle, cfg.seed)
         return _prefetched(_store_batches(stream, cfg, family, itertools.count(start_position),
                                           process_index, process_count))
@@ -164,7 +166,7 @@ def eval_batches(cfg: DataConfig, num_batches: int, process_index: int, process_
                  ) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of the first `num_batches` global batches of the eval split."""
     _check_split(cfg, cfg.eval_split, shuffle=False)
-    if cfg.stream == "store":
+    if uses_store(cfg):
         stream = _store_stream(cfg, cfg.eval_split, False, _EVAL_SEED)
         return _store_batches(stream, cfg, family, range(num_batches), process_index,
                               process_count)
@@ -174,6 +176,16 @@ def eval_batches(cfg: DataConfig, num_batches: int, process_index: int, process_
                                _shard_seed(_EVAL_SEED, shard)).take(num_batches)
                 for shard in shards]
     return _process_rows(datasets, shards, cfg, cfg.eval_split)
+
+
+def uses_store(cfg: DataConfig) -> bool:
+    """Whether `cfg` reads token stores: `store`, or `auto` for packed language-modeling
+    data whose every Task's source says what it reads."""
+    if cfg.stream != "auto":
+        return cfg.stream == "store"
+    if not cfg.pack or _is_instruction_data(cfg):
+        return False
+    return all(store_build.materialisable(task) for task in _tasks(cfg.mixture_or_task_name))
 
 
 def _store_stream(cfg: DataConfig, split: str, shuffle: bool, seed: int) -> StoreStream:

@@ -87,6 +87,13 @@ def describe(task: seqio.Task, split: str, lengths: Mapping[str, int] | None) ->
             "preprocessors": [callable_identity(p) for p in task.preprocessors]}
 
 
+def materialisable(task: seqio.Task) -> bool:
+    """Whether `task`'s source says what it reads (so a store can be keyed by it)."""
+    source = task.source
+    return callable(getattr(source, "identity", None)) or isinstance(source,
+                                                                      seqio.TfdsDataSource)
+
+
 def source_identity(source: seqio.DataSource, split: str) -> dict:
     identity = getattr(source, "identity", None)
     if callable(identity):
