@@ -169,3 +169,25 @@ def test_a_store_is_reused_and_rebuilt_when_its_text_changes(tmp_path):
         second).manifest.fingerprint
     digest = hashlib.sha256((second / "targets.tokens").read_bytes()).hexdigest()
     assert digest != hashlib.sha256((first / "targets.tokens").read_bytes()).hexdigest()
+
+
+def test_resuming_on_changed_data_or_another_seed_is_refused_in_one_line(tmp_path, stores):
+    from tests.cli import assert_one_line_error, run_cli, train_command
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(_lines("first", 400))
+    text = ["--gin.MIXTURE_OR_TASK_NAME=@text_file_task()",
+            f"--gin.text_file_task.files=['{corpus}']", f"--gin.DataConfig.store_dir='{stores}'"]
+    result = run_cli(train_command(tmp_path / "run", 2, *text))
+    assert result.returncode == 0, result.stderr[-3000:]
+    corpus.write_text(_lines("second", 400))
+    result = run_cli(train_command(tmp_path / "run", 3, *text))
+    assert_one_line_error(result, "train", "checkpoint step 2", "Task 'text_files' reads other "
+                          "data than it did", "DataConfig.allow_data_change = True")
+
+    name = text_file_task(files=[str(corpus)], name="text_files")
+    meta = {"stream": input_pipeline.stream_identity(_config(name, stores))}
+    input_pipeline.check_resumable(_config(name, stores), 2, meta, "run")  # the same data
+    with pytest.raises(input_pipeline.ConfigError, match="DataConfig.seed was 0 and is 1"):
+        input_pipeline.check_resumable(_config(name, stores, seed=1), 2, meta, "run")
+    input_pipeline.check_resumable(_config(name, stores, seed=1, allow_data_change=True), 2,
+                                   meta, "run")

@@ -21,11 +21,14 @@ class DataRecord:
     task_feature_lengths: dict[str, int] | None = None
     global_batch_size: int | None = None
     vocabulary: dict[str, Any] | None = None  # {"type", "vocab_size", "eos_id", "pad_id"}
+    stream: dict[str, Any] | None = None  # token stores: {"seed", "stores": {task: fingerprint}}
 
     def position_unit(self) -> dict:
-        """What a data position counts (rows of which lengths), as `check_resumable` reads it."""
+        """What a data position counts (rows of which lengths, drawn from which stores), as
+        `check_resumable` reads it."""
         return {key: value for key, value in (("global_batch_size", self.global_batch_size),
-                                              ("task_feature_lengths", self.task_feature_lengths))
+                                              ("task_feature_lengths", self.task_feature_lengths),
+                                              ("stream", self.stream))
                 if value is not None}
 
 

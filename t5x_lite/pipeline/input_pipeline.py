@@ -62,6 +62,7 @@ class DataConfig:
     eval_split: str = "validation"
     stream: str = "auto"   # "store": token stores; "skip": the seqio pipeline; "auto"
     store_dir: str | None = None   # None -> $T5X_LITE_STORE_DIR, else the cache's stores/
+    allow_data_change: bool = False   # resume on stores or a seed other than the checkpoint's
 
     @property
     def shard_count(self) -> int:
@@ -104,7 +105,10 @@ def position_meta(cfg: DataConfig) -> dict:
 
 def check_resumable(cfg: DataConfig, step: int, meta: dict, model_dir: str) -> None:
     """Raises ConfigError if checkpoint `step` (its `meta`) counted its data position in
-    batches of another size or row length than `cfg`. Older checkpoints record neither."""
+    batches of another size or row length than `cfg`, or drew its rows from other token
+    stores or with another seed. Older checkpoints record neither."""
+    if meta.get("stream"):
+        _check_same_data(cfg, step, meta["stream"], model_dir)
     saved_batch = meta.get("global_batch_size", cfg.global_batch_size)
     saved_lengths = meta.get("task_feature_lengths", dict(cfg.task_feature_lengths))
     lengths = dict(cfg.task_feature_lengths)
@@ -117,6 +121,34 @@ def check_resumable(cfg: DataConfig, step: int, meta: dict, model_dir: str) -> N
         f"batches of {saved_batch} x {_row_tokens(saved_lengths)} tokens; this config has "
         f"{cfg.global_batch_size} x {_row_tokens(lengths)}: resume with {' and '.join(fixes)}, "
         "or start a new MODEL_DIR.")
+
+
+def stream_identity(cfg: DataConfig) -> dict | None:
+    """What the store stream's training rows are drawn from: the seed and each Task's
+    store fingerprint (None for the skip stream). Recorded with each checkpoint."""
+    if not uses_store(cfg):
+        return None
+    return {"seed": cfg.seed,
+            "stores": {task.name: store_build.fingerprint_of(task, "train", None)[0]
+                       for task in _tasks(cfg.mixture_or_task_name) if "train" in task.splits}}
+
+
+def _check_same_data(cfg: DataConfig, step: int, saved: dict, model_dir: str) -> None:
+    current = stream_identity(cfg)
+    if current is None or saved == current or cfg.allow_data_change:
+        return
+    if saved.get("seed") != current["seed"]:
+        change = f"DataConfig.seed was {saved.get('seed')} and is {current['seed']}"
+    else:
+        before, now = saved.get("stores", {}), current["stores"]
+        task = next(name for name in sorted(set(before) | set(now))
+                    if before.get(name) != now.get(name))
+        change = (f"Task '{task}' reads other data than it did (its source, vocabulary or "
+                  "preprocessors changed)" if task in before and task in now else
+                  f"Task '{task}' {'joined' if task in now else 'left'} the mixture")
+    raise ConfigError(f"checkpoint step {step} in MODEL_DIR={model_dir} was trained on other "
+                      f"data: {change}; resume with the data the run started with, or set "
+                      "DataConfig.allow_data_change = True to go on with this data.")
 
 
 def _row_tokens(lengths: Mapping[str, int]) -> str:

@@ -34,8 +34,7 @@ def store_for(task: seqio.Task, split: str, lengths: Mapping[str, int] | None,
               root: storage.PathLike | None = None, progress: bool = True) -> TokenStore:
     """The store of `task`'s `split`, built first if missing: its preprocessors run with
     `lengths` as the sequence length, or with none (whole documents) if None."""
-    description = describe(task, split, lengths)
-    fingerprint = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+    fingerprint, description = fingerprint_of(task, split, lengths)
     directory = storage.join(root or default_root(), task.name, split, fingerprint[:16])
     if Manifest.read(directory) is None:
         from t5x_lite.data import cache  # pylint: disable=g-import-not-at-top
@@ -43,6 +42,14 @@ def store_for(task: seqio.Task, split: str, lengths: Mapping[str, int] | None,
             if Manifest.read(directory) is None:
                 build(task, split, lengths, directory, fingerprint, description, progress)
     return TokenStore(directory)
+
+
+def fingerprint_of(task: seqio.Task, split: str,
+                   lengths: Mapping[str, int] | None) -> tuple[str, dict]:
+    """(fingerprint, what it is computed from) of the store of `task`'s `split`."""
+    description = describe(task, split, lengths)
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest(), \
+        description
 
 
 def build(task: seqio.Task, split: str, lengths: Mapping[str, int] | None,

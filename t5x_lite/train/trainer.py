@@ -92,11 +92,11 @@ def _record(cfg, data_position: int, data: DataRecord = DataRecord()) -> dict:
                             data_position, data, gin.config_str()).to_json()
 
 
-def _data_record(data, vocabulary) -> DataRecord:
+def _data_record(data, vocabulary, stream: dict | None) -> DataRecord:
     return DataRecord(data.mixture_or_task_name, dict(data.task_feature_lengths),
                       data.global_batch_size,
                       {"type": type(vocabulary).__name__, "vocab_size": vocabulary.vocab_size,
-                       "eos_id": vocabulary.eos_id, "pad_id": vocabulary.pad_id})
+                       "eos_id": vocabulary.eos_id, "pad_id": vocabulary.pad_id}, stream)
 
 
 @gin.configurable
@@ -133,7 +133,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     run = Run(model_dir, setup.spec, mesh, setup.shardings, setup.batch_shardings,
               setup.abstract,
               Checkpointer(model_dir, checkpoint, setup.divergence.rollback_margin),
-              RecoveryLog(model_dir), goodput, _data_record(data, vocab))
+              RecoveryLog(model_dir), goodput,
+              _data_record(data, vocab, input_pipeline.stream_identity(data)))
 
     with partitioning.activation_sharding(mesh, setup.activation_rules):
         initial_state = functools.partial(_initial_state, run, setup.optimizer, seed,
