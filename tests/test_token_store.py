@@ -2,6 +2,7 @@
 constant time, the same for every process count, covering each Task once per epoch,
 mixing by exact row counts, and cutting whole documents into the rows seqio packs."""
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -186,8 +187,21 @@ def test_resuming_on_changed_data_or_another_seed_is_refused_in_one_line(tmp_pat
 
     name = text_file_task(files=[str(corpus)], name="text_files")
     meta = {"stream": input_pipeline.stream_identity(_config(name, stores))}
-    input_pipeline.check_resumable(_config(name, stores), 2, meta, "run")  # the same data
+    input_pipeline.resume_config(_config(name, stores), 2, meta, "run")  # the same data
     with pytest.raises(input_pipeline.ConfigError, match="DataConfig.seed was 0 and is 1"):
-        input_pipeline.check_resumable(_config(name, stores, seed=1), 2, meta, "run")
-    input_pipeline.check_resumable(_config(name, stores, seed=1, allow_data_change=True), 2,
+        input_pipeline.resume_config(_config(name, stores, seed=1), 2, meta, "run")
+    input_pipeline.resume_config(_config(name, stores, seed=1, allow_data_change=True), 2,
                                    meta, "run")
+
+
+def test_a_checkpoint_of_the_seqio_stream_continues_on_it(text_task, stores):
+    auto = dataclasses.replace(_config(text_task, stores), stream="auto")
+    assert input_pipeline.uses_store(auto)
+    meta = {"data_position": 4, **input_pipeline.position_meta(auto)}  # no stores recorded
+    assert input_pipeline.resume_config(auto, 4, meta, "run").stream == "skip"
+    with pytest.raises(input_pipeline.ConfigError, match="trained on the seqio stream"):
+        input_pipeline.resume_config(_config(text_task, stores), 4, meta, "run")
+    skip = dataclasses.replace(auto, stream="skip")
+    stored = {**meta, "stream": input_pipeline.stream_identity(auto)}
+    with pytest.raises(input_pipeline.ConfigError, match="trained on token stores"):
+        input_pipeline.resume_config(skip, 4, stored, "run")

@@ -25,7 +25,7 @@ class DataRecord:
 
     def position_unit(self) -> dict:
         """What a data position counts (rows of which lengths, drawn from which stores), as
-        `check_resumable` reads it."""
+        `resume_config` reads it."""
         return {key: value for key, value in (("global_batch_size", self.global_batch_size),
                                               ("task_feature_lengths", self.task_feature_lengths),
                                               ("stream", self.stream))

@@ -103,12 +103,27 @@ def position_meta(cfg: DataConfig) -> dict:
             "task_feature_lengths": dict(cfg.task_feature_lengths)}
 
 
-def check_resumable(cfg: DataConfig, step: int, meta: dict, model_dir: str) -> None:
-    """Raises ConfigError if checkpoint `step` (its `meta`) counted its data position in
-    batches of another size or row length than `cfg`, or drew its rows from other token
-    stores or with another seed. Older checkpoints record neither."""
-    if meta.get("stream"):
+def resume_config(cfg: DataConfig, step: int, meta: dict, model_dir: str) -> DataConfig:
+    """The data config that continues checkpoint `step` (its `meta`): `cfg`, or `cfg` on
+    the skip stream when the checkpoint was written on it and `cfg` lets the stream be
+    chosen. Raises ConfigError if the checkpoint counted its data position in batches of
+    another size or row length, or drew its rows from other data or with another seed."""
+    _check_same_rows(cfg, step, meta, model_dir)
+    if "stream" in meta:
         _check_same_data(cfg, step, meta["stream"], model_dir)
+        return cfg
+    if cfg.stream == "auto" and uses_store(cfg):
+        print(f"data: checkpoint step {step} was written on the seqio stream; it continues "
+              "there (DataConfig.stream = 'skip')", file=sys.stderr)
+        return dataclasses.replace(cfg, stream="skip")
+    if uses_store(cfg) and not cfg.allow_data_change:
+        raise ConfigError(f"checkpoint step {step} in MODEL_DIR={model_dir} was trained on the "
+                          "seqio stream, not token stores: resume with DataConfig.stream = "
+                          "'skip', or set DataConfig.allow_data_change = True.")
+    return cfg
+
+
+def _check_same_rows(cfg: DataConfig, step: int, meta: dict, model_dir: str) -> None:
     saved_batch = meta.get("global_batch_size", cfg.global_batch_size)
     saved_lengths = meta.get("task_feature_lengths", dict(cfg.task_feature_lengths))
     lengths = dict(cfg.task_feature_lengths)
@@ -135,8 +150,13 @@ def stream_identity(cfg: DataConfig) -> dict | None:
 
 def _check_same_data(cfg: DataConfig, step: int, saved: dict, model_dir: str) -> None:
     current = stream_identity(cfg)
-    if current is None or saved == current or cfg.allow_data_change:
+    if saved == current or cfg.allow_data_change:
         return
+    if current is None:
+        raise ConfigError(f"checkpoint step {step} in MODEL_DIR={model_dir} was trained on "
+                          "token stores, and this config reads the seqio stream: resume with "
+                          "DataConfig.stream = 'store', or set DataConfig.allow_data_change = "
+                          "True.")
     if saved.get("seed") != current["seed"]:
         change = f"DataConfig.seed was {saved.get('seed')} and is {current['seed']}"
     else:

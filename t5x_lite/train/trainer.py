@@ -52,19 +52,20 @@ def _global_batch(local_batch: dict, shardings: dict) -> dict:
             for key, sharding in shardings.items()}
 
 
-def _restore_or_init(run: Run, initial_state, check_resumable):
-    """(state, data position, origin): latest in MODEL_DIR, else `initial_state()`.
-    `check_resumable(step, position_unit)` raises if the checkpoint's data position means
-    something else under this config."""
+def _restore_or_init(run: Run, initial_state, resume_config, data):
+    """(state, data position, origin, data config): latest in MODEL_DIR, else
+    `initial_state()`. `resume_config(step, position_unit)` is the data config that
+    continues a checkpoint; it raises if the checkpoint's data position means something
+    else under this config."""
     with run.goodput.spend("restore"):
         restored = run.checkpointer.restore_latest(run.abstract, run.shardings)
     if restored is not None:
         step, state, meta = restored
         record = CheckpointRecord.from_json(meta)
-        check_resumable(step, record.data.position_unit())
-        return state, record.data_position, f"restored step {step}"
+        data = resume_config(step, record.data.position_unit())
+        return state, record.data_position, f"restored step {step}", data
     state, origin = initial_state()
-    return state, 0, origin
+    return state, 0, origin, data
 
 
 def _initial_state(run: Run, optimizer, seed: int, initial_checkpoint_path):
@@ -133,15 +134,15 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     run = Run(model_dir, setup.spec, mesh, setup.shardings, setup.batch_shardings,
               setup.abstract,
               Checkpointer(model_dir, checkpoint, setup.divergence.rollback_margin),
-              RecoveryLog(model_dir), goodput,
-              _data_record(data, vocab, input_pipeline.stream_identity(data)))
+              RecoveryLog(model_dir), goodput, _data_record(data, vocab, None))
 
     with partitioning.activation_sharding(mesh, setup.activation_rules):
         initial_state = functools.partial(_initial_state, run, setup.optimizer, seed,
                                           initial_checkpoint_path)
-        state, position, origin = _restore_or_init(
-            run, initial_state, functools.partial(input_pipeline.check_resumable, data,
-                                                  model_dir=model_dir))
+        state, position, origin, data = _restore_or_init(
+            run, initial_state, functools.partial(input_pipeline.resume_config, data,
+                                                  model_dir=model_dir), data)
+        run.data = _data_record(data, vocab, input_pipeline.stream_identity(data))
         _write_config(model_dir)
         train_step = setup.train_step()
         eval_step = setup.eval_step()
