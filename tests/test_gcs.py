@@ -187,6 +187,23 @@ def test_a_text_file_on_gcs_feeds_the_batches_of_the_local_file(emulator, bucket
     assert_same_batches(batches["gcs"], batches["local"])
 
 
+def test_token_stores_on_gcs_give_the_batches_of_local_ones(emulator, bucket, tmp_path):
+    import dataclasses
+    from t5x_lite.data import text_file_task
+    from t5x_lite.pipeline import input_pipeline
+    from tests.helpers import assert_same_batches, take
+    from tests.test_token_store import _config, _lines
+    (tmp_path / "corpus.txt").write_text(_lines("line", 300))
+    local = _config(text_file_task(files=[str(tmp_path / "corpus.txt")], name="gcs_store"),
+                    tmp_path / "stores")
+    remote = dataclasses.replace(local, store_dir=f"{bucket}/stores")
+    for position in (0, 10**9):
+        assert_same_batches(take(input_pipeline.train_batches(remote, position, 0, 1), 2),
+                            take(input_pipeline.train_batches(local, position, 0, 1), 2))
+    manifests = [name for name in _objects(f"{bucket}/stores") if name.endswith("manifest.json")]
+    assert len(manifests) == 1 and not list((tmp_path / "stores").glob("*/train/*/.partial*"))
+
+
 def test_a_missing_bucket_or_an_unsupported_scheme_ends_in_one_line(emulator, bucket, tmp_path):
     for model_dir, fragments in ((f"{bucket}-missing/run", ["does not exist"]),
                                  ("s3://bucket/run", ["s3:// is not supported"])):

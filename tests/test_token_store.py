@@ -5,6 +5,7 @@ mixing by exact row counts, and cutting whole documents into the rows seqio pack
 import dataclasses
 import hashlib
 import itertools
+import pathlib
 import json
 import subprocess
 import sys
@@ -205,3 +206,22 @@ def test_a_checkpoint_of_the_seqio_stream_continues_on_it(text_task, stores):
     stored = {**meta, "stream": input_pipeline.stream_identity(auto)}
     with pytest.raises(input_pipeline.ConfigError, match="trained on token stores"):
         input_pipeline.resume_config(skip, 4, stored, "run")
+
+
+def test_a_tfds_task_is_stored_and_read_like_the_same_text_elsewhere(tmp_path):
+    """The embedded prose through seqio's TFDS source gives the rows of the same corpus
+    through the built-in Task."""
+    from t5x_lite.data import embedded_corpus, lm_task, tasks
+    builder = embedded_corpus.prepared_builder()
+    source = seqio.TfdsDataSource(
+        f"{builder.name}/{builder.builder_config.name}:{builder.version}",
+        tfds_data_dir=str(pathlib.Path(builder.data_dir).parents[2]),  # above name/config/version
+        splits={"train": embedded_corpus.split_name("prose", "train")})
+    name = lm_task.register_lm_task("store_test_tfds", source, "byte")
+    from_tfds = _stream(_config(name, tmp_path / "stores", shuffle=False))
+    builtin = _stream(_config(tasks.task_name("prose"), tmp_path / "stores", shuffle=False))
+    rows = np.arange(50)
+    assert_same_batches([from_tfds.packed_rows(rows)], [builtin.packed_rows(rows)])
+    identity = from_tfds.sources[0].store.manifest.description["source"]
+    assert identity["version"] == str(builder.version)
+    assert identity["split"] == embedded_corpus.split_name("prose", "train")

@@ -1,6 +1,6 @@
 """Command line: `t5x_lite <command> [flags]`; the flags of each are in t5x_lite/cli/parser.py.
 
-Commands: train, build-vocab, supervise, export-hf, import-hf, eval, infer, plan.
+Commands: train, build-data, build-vocab, supervise, export-hf, import-hf, eval, infer, plan.
 """
 
 import argparse
@@ -78,6 +78,13 @@ def _infer(args) -> None:
                             args.mesh_shape)
 
 
+def _build_data(args) -> None:
+    _initialize_distributed(args)
+    _parse_gin(args)
+    from t5x_lite.pipeline import input_pipeline
+    input_pipeline.build_data_command(input_pipeline.DataConfig())
+
+
 def _plan(args) -> None:
     _parse_gin(args)
     from t5x_lite.analysis import aot, plan
@@ -85,7 +92,7 @@ def _plan(args) -> None:
     plan.plan_command(args.gin_file, args.mesh, args.chip, args.mfu, args.out)
 
 
-COMMANDS = {"train": _train, "build-vocab": _build_vocab, "supervise": _supervise,
+COMMANDS = {"train": _train, "build-data": _build_data, "build-vocab": _build_vocab, "supervise": _supervise,
             "export-hf": _export_hf, "import-hf": _import_hf, "eval": _eval, "infer": _infer,
             "plan": _plan}
 

@@ -11,7 +11,7 @@ from t5x_lite.config import gin_config
 from t5x_lite.errors import EXIT_CONFIG_ERROR
 
 PROG = "t5x_lite"
-GIN_COMMANDS = ("train", "eval", "infer", "plan")
+GIN_COMMANDS = ("train", "build-data", "eval", "infer", "plan")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -193,6 +193,8 @@ def _plan(parser) -> None:
 COMMANDS = {
     "train": ("train a model from gin configs, resuming from MODEL_DIR's latest checkpoint",
               _train),
+    "build-data": ("tokenize a run's Tasks into token stores ahead of training (same flags "
+                   "as train)", _train),
     "build-vocab": ("train the SentencePiece vocabulary on the embedded corpus and cache it",
                     _build_vocab),
     "supervise": ("run a command, restarting it after preemption, a hang or a crash",

@@ -39,6 +39,7 @@ from t5x_lite.errors import ConfigError
 from t5x_lite.models import family as family_lib
 from t5x_lite.pipeline import store_build
 from t5x_lite.pipeline.store_stream import LmRows, StoreStream
+from t5x_lite.pipeline.token_store import TokenStore
 
 data.hide_accelerators_from_tensorflow()
 
@@ -230,6 +231,30 @@ def eval_batches(cfg: DataConfig, num_batches: int, process_index: int, process_
     return _process_rows(datasets, shards, cfg, cfg.eval_split)
 
 
+def build_stores(cfg: DataConfig) -> list[tuple[str, str, TokenStore]]:
+    """(Task, split, store) for the train and eval splits of `cfg`'s Tasks, built where
+    missing: `t5x_lite build-data`."""
+    if _is_instruction_data(cfg):
+        raise ConfigError(f"'{cfg.mixture_or_task_name}' has inputs and targets; token stores "
+                          "hold language-modeling data (targets only) so far.")
+    built = []
+    for split in dict.fromkeys(("train", cfg.eval_split)):
+        for task in _tasks(cfg.mixture_or_task_name):
+            if split in task.splits:
+                built.append((task.name, split, _task_store(task, split, cfg)))
+    return built
+
+
+def _task_store(task: seqio.Task, split: str, cfg: DataConfig) -> TokenStore:
+    try:
+        # Whole documents: rows are cut from them, so one store serves every length.
+        return store_build.store_for(task, split, None, cfg.store_dir,
+                                     progress=jax.process_index() == 0)
+    except store_build.NotMaterialisable as reason:
+        raise ConfigError(f"Task '{task.name}' cannot be written to a token store: {reason}; "
+                          "set DataConfig.stream = 'skip'.") from None
+
+
 def uses_store(cfg: DataConfig) -> bool:
     """Whether `cfg` reads token stores: `store`, or `auto` for packed language-modeling
     data whose every Task's source says what it reads."""
@@ -252,14 +277,7 @@ def _store_stream(cfg: DataConfig, split: str, shuffle: bool, seed: int) -> Stor
     for task in _tasks(cfg.mixture_or_task_name):
         if split not in task.splits:
             continue
-        try:
-            # Whole documents: rows are cut from them, so one store serves every length.
-            store = store_build.store_for(task, split, None, cfg.store_dir,
-                                          progress=jax.process_index() == 0)
-        except store_build.NotMaterialisable as reason:
-            raise ConfigError(f"Task '{task.name}' cannot be written to a token store: "
-                              f"{reason}; set DataConfig.stream = 'skip'.") from None
-        rows = LmRows(store, lengths["targets"])
+        rows = LmRows(_task_store(task, split, cfg), lengths["targets"])
         if rows.num_rows:
             sources.append(rows)
             names.append(task.name)
@@ -411,3 +429,12 @@ def _process_rows(datasets: list[tf.data.Dataset], shards: list[int], cfg: DataC
             batches.append(batch)
         yield {key: np.concatenate([batch[key] for batch in batches]).astype(np.int32)
                for key in batches[0]}
+
+
+def build_data_command(cfg: DataConfig) -> None:
+    """`t5x_lite build-data`: builds the stores a training run of `cfg` reads, and says
+    where they are."""
+    for task, split, store in build_stores(cfg):
+        sizes = store.manifest.features["targets"]
+        print(f"{task}/{split}: {sizes['examples']:,} examples, {sizes['tokens']:,} tokens in "
+              f"{store.directory}")

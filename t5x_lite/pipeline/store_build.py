@@ -106,8 +106,10 @@ def source_identity(source: seqio.DataSource, split: str) -> dict:
     if callable(identity):
         return identity(split)
     if isinstance(source, seqio.TfdsDataSource):
-        return {"tfds": source.tfds_dataset.name, "version": str(source.tfds_dataset.version),
-                "data_dir": str(source.tfds_dataset.data_dir)}
+        loader = source.tfds_dataset
+        return {"tfds": loader.resolved_tfds_name(split) or loader.name,
+                "split": loader._map_split(split),  # noqa: SLF001  (seqio has no public name)
+                "version": str(loader.info.version), "data_dir": str(loader.data_dir)}
     raise NotMaterialisable(f"its source ({type(source).__name__}) does not say what it reads")
 
 
