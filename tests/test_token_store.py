@@ -225,3 +225,28 @@ def test_a_tfds_task_is_stored_and_read_like_the_same_text_elsewhere(tmp_path):
     identity = from_tfds.sources[0].store.manifest.description["source"]
     assert identity["version"] == str(builder.version)
     assert identity["split"] == embedded_corpus.split_name("prose", "train")
+
+
+def test_a_batch_size_change_continues_at_the_next_unread_row(text_task, stores, tmp_path):
+    cfg = _config(text_task, stores)
+    half = dataclasses.replace(cfg, global_batch_size=4)
+    stream = _stream(cfg)
+    before = _batches(cfg, 0, 3)  # rows 0-23 as 3 batches of 8
+    offset = 3 * BATCH - 3 * 4  # rows consumed minus data position x the new batch size
+    after = list(itertools.islice(input_pipeline.train_batches(half, 3, 0, 1, row_offset=offset),
+                                  2))  # rows 24-31
+    family = family_lib.default()
+    expected = family.packed_features(stream.packed_rows(np.arange(32)))
+    joined = {key: np.concatenate([b[key] for b in before + after]) for key in expected}
+    assert_same_batches([joined], [expected])
+
+    from tests.cli import run_cli, train_command
+    text = ["--gin.MIXTURE_OR_TASK_NAME=@text_file_task()",
+            f"--gin.text_file_task.files=['{tmp_path / 'corpus.txt'}']",
+            f"--gin.DataConfig.store_dir='{stores}'"]
+    (tmp_path / "corpus.txt").write_text(_lines("line", 400))
+    assert run_cli(train_command(tmp_path / "run", 2, *text)).returncode == 0
+    result = run_cli(train_command(tmp_path / "run", 3, *text, "--gin.BATCH_SIZE=4"))
+    assert result.returncode == 0 and "restored step 2" in result.stderr, result.stderr[-2000:]
+    meta = json.loads((tmp_path / "run/checkpoints/3/meta/metadata").read_text())
+    assert (meta["data_position"], meta["data_rows"]) == (3, 2 * 8 + 4)

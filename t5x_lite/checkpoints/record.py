@@ -40,11 +40,21 @@ class CheckpointRecord:
     data: DataRecord = DataRecord()
     gin_config: str = ""
     hf: dict[str, Any] | None = None  # the source of a checkpoint made by import-hf
+    data_rows: int | None = None  # rows of the token-store stream consumed
+
+    def row_offset(self, global_batch_size: int) -> int:
+        """Rows consumed beyond `data_position` batches of `global_batch_size` rows: what a
+        run resumed with another batch size adds to find its next unread row."""
+        if self.data_rows is None:
+            return 0
+        return self.data_rows - self.data_position * global_batch_size
 
     def to_json(self) -> dict:
         record = {"format": FORMAT, "family": self.family, "model_config": self.model_config,
                   "data_position": self.data_position, "data": dataclasses.asdict(self.data),
                   "gin_config": self.gin_config}
+        if self.data_rows is not None:
+            record["data_rows"] = self.data_rows
         if self.hf is not None:
             record["hf"] = self.hf
         return record
@@ -56,7 +66,8 @@ class CheckpointRecord:
         return cls(family=meta["family"], model_config=dict(meta["model_config"]),
                    data_position=int(meta.get("data_position", 0)),
                    data=DataRecord(**meta.get("data") or {}),
-                   gin_config=meta.get("gin_config", ""), hf=meta.get("hf"))
+                   gin_config=meta.get("gin_config", ""), hf=meta.get("hf"),
+                   data_rows=meta.get("data_rows"))
 
     def model_config_of(self, config_type: type):
         """The family's config dataclass built from the record, ignoring unknown fields."""

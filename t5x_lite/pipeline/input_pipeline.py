@@ -109,10 +109,12 @@ def resume_config(cfg: DataConfig, step: int, meta: dict, model_dir: str) -> Dat
     the skip stream when the checkpoint was written on it and `cfg` lets the stream be
     chosen. Raises ConfigError if the checkpoint counted its data position in batches of
     another size or row length, or drew its rows from other data or with another seed."""
-    _check_same_rows(cfg, step, meta, model_dir)
-    if "stream" in meta:
+    if "stream" in meta:  # token stores count rows: only the row length must stay
+        _check_same_rows(cfg, step, {**meta, "global_batch_size": cfg.global_batch_size},
+                         model_dir)
         _check_same_data(cfg, step, meta["stream"], model_dir)
         return cfg
+    _check_same_rows(cfg, step, meta, model_dir)
     if cfg.stream == "auto" and uses_store(cfg):
         print(f"data: checkpoint step {step} was written on the seqio stream; it continues "
               "there (DataConfig.stream = 'skip')", file=sys.stderr)
@@ -190,10 +192,11 @@ def feature_converter(cfg: DataConfig,
 
 
 def train_batches(cfg: DataConfig, start_position: int, process_index: int, process_count: int,
-                  family: family_lib.ModelFamily | None = None
+                  family: family_lib.ModelFamily | None = None, row_offset: int = 0
                   ) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of global batches `start_position`, `start_position + 1`, ..., in
-    the features of `family` (default: the decoder)."""
+    the features of `family` (default: the decoder). On token stores, global batch i holds
+    rows `row_offset + i * B` on (a run resumed with another batch size B has an offset)."""
     if start_position < 0:
         raise ConfigError(f"start_position={start_position}: the data position cannot be negative.")
     store = uses_store(cfg)
@@ -201,7 +204,7 @@ def train_batches(cfg: DataConfig, start_position: int, process_index: int, proc
     if store:
         stream = _store_stream(cfg, "train", cfg.shuffle, cfg.seed)
         return _prefetched(_store_batches(stream, cfg, family, itertools.count(start_position),
-                                          process_index, process_count))
+                                          process_index, process_count, row_offset))
     if start_position:
         print(f"data: replaying {start_position} batches of the seqio pipeline to reach data "
               f"position {start_position} (DataConfig.stream = 'skip'; a token store reaches "
@@ -290,11 +293,13 @@ def _store_stream(cfg: DataConfig, split: str, shuffle: bool, seed: int) -> Stor
 
 
 def _store_batches(stream: StoreStream, cfg: DataConfig, family, positions: Iterator[int],
-                   process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
+                   process_index: int, process_count: int,
+                   row_offset: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of each global batch in `positions`, as model features."""
     family = family or family_lib.default()  # resolved here, not on a prefetch thread
     rows = cfg.global_batch_size // process_count
-    firsts = (position * cfg.global_batch_size + process_index * rows for position in positions)
+    firsts = (row_offset + position * cfg.global_batch_size + process_index * rows
+              for position in positions)
     return (family.packed_features(stream.packed_rows(np.arange(first, first + rows)))
             for first in firsts)
 

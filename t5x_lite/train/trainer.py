@@ -43,6 +43,7 @@ class Run:
     goodput: Goodput
     data: DataRecord
     writer: metrics_lib.MetricsWriter | None = None
+    row_offset: int = 0  # token-store rows consumed beyond data position x batch size
 
 
 def _global_batch(local_batch: dict, shardings: dict) -> dict:
@@ -63,6 +64,7 @@ def _restore_or_init(run: Run, initial_state, resume_config, data):
         step, state, meta = restored
         record = CheckpointRecord.from_json(meta)
         data = resume_config(step, record.data.position_unit())
+        run.row_offset = record.row_offset(data.global_batch_size)
         return state, record.data_position, f"restored step {step}", data
     state, origin = initial_state()
     return state, 0, origin, data
@@ -87,10 +89,12 @@ def _evaluate(eval_step, params, eval_batches) -> float:
     return loss_sum / max(weight_sum, 1.0)
 
 
-def _record(cfg, data_position: int, data: DataRecord = DataRecord()) -> dict:
+def _record(cfg, data_position: int, data: DataRecord = DataRecord(),
+            row_offset: int = 0) -> dict:
     """A checkpoint's record (meta), as JSON."""
+    rows = row_offset + data_position * data.global_batch_size if data.stream else None
     return CheckpointRecord(family_lib.for_config(cfg).name, dataclasses.asdict(cfg),
-                            data_position, data, gin.config_str()).to_json()
+                            data_position, data, gin.config_str(), data_rows=rows).to_json()
 
 
 def _data_record(data, vocabulary, stream: dict | None) -> DataRecord:
@@ -163,7 +167,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
             evaluator=evaluation.evaluator(task_eval, data.task_feature_lengths) if task_eval
             else None,
             batches_from=lambda start: input_pipeline.train_batches(
-                data, start, jax.process_index(), jax.process_count(), family))
+                data, start, jax.process_index(), jax.process_count(), family,
+                row_offset=run.row_offset))
         eval_batches = [_global_batch(batch, setup.batch_shardings)
                         for batch in input_pipeline.eval_batches(
                             data, eval_steps, jax.process_index(), jax.process_count(), family)
@@ -308,7 +313,8 @@ def _save_if_healthy(run: Run, step: int, state, position: int, ladder: Divergen
     if not bool(jax.device_get(_all_finite(state["params"]))):
         run.recovery.record(step, "non_finite_params", "checkpoint_not_written")
         return
-    run.checkpointer.save(step, state, _record(run.spec.cfg, position, run.data), force=True)
+    run.checkpointer.save(step, state, _record(run.spec.cfg, position, run.data, run.row_offset),
+                          force=True)
     run.goodput.checkpointed(step)
 
 
@@ -321,10 +327,12 @@ def _roll_back(run: Run, ctx: _LoopContext, step: int, rollback: Rollback):
                                                    before=rollback.before)
     if restored is None:
         restored_step, state, position, target = 0, ctx.initial_state(), 0, "initial_state"
+        run.row_offset = 0
     else:
         restored_step, state, meta = restored
-        position = CheckpointRecord.from_json(meta).data_position
-        target = f"step_{restored_step}"
+        record = CheckpointRecord.from_json(meta)
+        position, target = record.data_position, f"step_{restored_step}"
+        run.row_offset = record.row_offset(run.data.global_batch_size)
     if rollback.lower_lr:
         health = {**state["health"], "lr_scale": state["health"]["lr_scale"]
                   * ctx.divergence.lr_factor}
