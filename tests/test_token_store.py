@@ -250,3 +250,27 @@ def test_a_batch_size_change_continues_at_the_next_unread_row(text_task, stores,
     assert result.returncode == 0 and "restored step 2" in result.stderr, result.stderr[-2000:]
     meta = json.loads((tmp_path / "run/checkpoints/3/meta/metadata").read_text())
     assert (meta["data_position"], meta["data_rows"]) == (3, 2 * 8 + 4)
+
+
+def test_a_corpus_of_files_streams_into_a_store(tmp_path):
+    import gzip
+    from t5x_lite.data import corpus_task
+    shards = tmp_path / "corpus"
+    shards.mkdir()
+    documents = [f"document {i} " + "words " * (i % 7) for i in range(30)]
+    with gzip.open(shards / "part-0.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps({"text": d}) + "\n" for d in documents[:20])
+    (shards / "part-1.jsonl").write_text("".join(json.dumps({"text": d}) + "\n"
+                                                 for d in documents[20:]))
+    (shards / "notes.txt").write_text("a line\n" * 50)  # 350 characters: 2 pieces of 256
+    name = corpus_task(train_files=[str(shards / "part-*.jsonl*"), str(shards / "notes.txt")],
+                       name="store_test_corpus", chunk_chars=256)
+    store = _stream(_config(name, tmp_path / "stores")).sources[0].store
+    expected = [b"a line\n" * 36, b"a line\n" * 14] + [d.encode() for d in documents]
+    offsets = store.offsets("targets")
+    assert store.num_examples == len(expected)  # files in sorted order: notes.txt first
+    for index, document in enumerate(expected):
+        tokens = store.tokens("targets", offsets[index], offsets[index + 1])
+        assert bytes((tokens[:-1] - 3).astype(np.uint8)) == document and tokens[-1] == 1
+    with pytest.raises(input_pipeline.ConfigError, match="no file matches"):
+        corpus_task(train_files=[str(shards / "absent-*.jsonl")], name="store_test_none")

@@ -56,26 +56,37 @@ class StoreWriter:
     def __init__(self, directory: storage.PathLike, features: Iterable[str]):
         self.directory = storage.path(directory)
         self.features = tuple(features)
-        self._partial = tempfile.mkdtemp(prefix="t5x_lite-store-")
-        self._token_files = {f: open(os.path.join(self._partial, f"{f}.tokens"), "wb")  # noqa: SIM115
-                             for f in self.features}
-        self._offsets = {f: [0] for f in self.features}
+        # Beside the store locally (one rename publishes it); a local temporary directory
+        # for an object store.
+        near = None if storage.is_uri(self.directory) else str(self.directory.parent)
+        if near:
+            os.makedirs(near, exist_ok=True)
+        self._partial = tempfile.mkdtemp(prefix=f".{self.directory.name}.partial-", dir=near)
+        self._token_files = {f: self._open(f"{f}.tokens") for f in self.features}
+        self._offset_files = {f: self._open(f"{f}.offsets") for f in self.features}
+        self._totals = dict.fromkeys(self.features, 0)
+        self._examples = dict.fromkeys(self.features, 0)
+        for file in self._offset_files.values():
+            file.write(np.zeros(1, OFFSET_DTYPE).tobytes())
+
+    def _open(self, name: str):
+        return open(os.path.join(self._partial, name), "wb")  # noqa: SIM115
 
     def add(self, tokens: Mapping[str, np.ndarray], lengths: Mapping[str, np.ndarray]) -> None:
         """Adds examples: each feature's tokens one after another, and each example's
         length."""
         for feature in self.features:
             self._token_files[feature].write(np.asarray(tokens[feature], TOKEN_DTYPE).tobytes())
-            ends = self._offsets[feature][-1] + np.cumsum(lengths[feature], dtype=np.int64)
-            self._offsets[feature].extend(ends.tolist())
+            ends = self._totals[feature] + np.cumsum(lengths[feature], dtype=OFFSET_DTYPE)
+            self._offset_files[feature].write(ends.astype(OFFSET_DTYPE).tobytes())
+            self._totals[feature] += int(np.sum(lengths[feature]))
+            self._examples[feature] += len(lengths[feature])
 
     def finish(self, fingerprint: str, description: dict) -> Manifest:
-        for feature, file in self._token_files.items():
-            file.close()
-            np.asarray(self._offsets[feature], OFFSET_DTYPE).tofile(
-                os.path.join(self._partial, f"{feature}.offsets"))
-        manifest = Manifest(fingerprint, {f: {"tokens": offsets[-1], "examples": len(offsets) - 1}
-                                          for f, offsets in self._offsets.items()}, description)
+        self._close()
+        manifest = Manifest(fingerprint, {f: {"tokens": self._totals[f],
+                                              "examples": self._examples[f]}
+                                          for f in self.features}, description)
         with open(os.path.join(self._partial, MANIFEST), "w") as f:
             f.write(manifest.to_json())
         try:
@@ -85,9 +96,12 @@ class StoreWriter:
         return manifest
 
     def abandon(self) -> None:
-        for file in self._token_files.values():
-            file.close()
+        self._close()
         shutil.rmtree(self._partial, ignore_errors=True)
+
+    def _close(self) -> None:
+        for file in [*self._token_files.values(), *self._offset_files.values()]:
+            file.close()
 
 
 def _publish(partial: str, directory: epath.Path) -> None:
