@@ -12,7 +12,7 @@ import pytest
 import seqio
 
 from t5x_lite.models.decoder.family import FEATURES as MODEL_FEATURES
-from t5x_lite.pipeline import input_pipeline, vocabularies
+from t5x_lite.pipeline import data_position, input_pipeline, vocabularies
 from t5x_lite.data import embedded_corpus, text_file_task
 from t5x_lite.data.embedded_corpus import documents
 from tests.helpers import assert_same_batches, take
@@ -187,14 +187,14 @@ def test_bad_layouts_raise_one_clear_line():
 
 def test_resume_checks_the_recorded_batch_shape_when_there_is_one():
     cfg = _config("embedded")
-    meta = {"data_position": 5, **input_pipeline.position_meta(cfg)}
-    input_pipeline.resume_config(cfg, 5, meta, "/run")
-    input_pipeline.resume_config(cfg, 5, {"data_position": 5}, "/run")  # an older checkpoint
+    meta = {"data_position": 5, **data_position.position_meta(cfg)}
+    data_position.resume_config(cfg, 5, meta, "/run")
+    data_position.resume_config(cfg, 5, {"data_position": 5}, "/run")  # an older checkpoint
     longer = _config("embedded", task_feature_lengths={"targets": 2 * LENGTH})
     with pytest.raises(input_pipeline.ConfigError, match=(
             r"batches of 8 x 64 tokens; this config has 8 x 128: resume with "
             r"TASK_FEATURE_LENGTHS=\{'targets': 64\}, or start a new MODEL_DIR")):
-        input_pipeline.resume_config(longer, 5, meta, "/run")
+        data_position.resume_config(longer, 5, meta, "/run")
 
 
 def test_packed_rows_restart_positions_per_segment(short_records_task):

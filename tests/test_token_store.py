@@ -17,7 +17,7 @@ import seqio
 
 from t5x_lite.data import text_file_task
 from t5x_lite.models import family as family_lib
-from t5x_lite.pipeline import input_pipeline, store_stream
+from t5x_lite.pipeline import data_position, input_pipeline, store_stream
 from t5x_lite.pipeline.input_pipeline import DataConfig
 from t5x_lite.pipeline.token_store import TokenStore
 from tests.helpers import assert_same_batches
@@ -187,25 +187,25 @@ def test_resuming_on_changed_data_or_another_seed_is_refused_in_one_line(tmp_pat
                           "data than it did", "DataConfig.allow_data_change = True")
 
     name = text_file_task(files=[str(corpus)], name="text_files")
-    meta = {"stream": input_pipeline.stream_identity(_config(name, stores))}
-    input_pipeline.resume_config(_config(name, stores), 2, meta, "run")  # the same data
+    meta = {"stream": data_position.stream_identity(_config(name, stores))}
+    data_position.resume_config(_config(name, stores), 2, meta, "run")  # the same data
     with pytest.raises(input_pipeline.ConfigError, match="DataConfig.seed was 0 and is 1"):
-        input_pipeline.resume_config(_config(name, stores, seed=1), 2, meta, "run")
-    input_pipeline.resume_config(_config(name, stores, seed=1, allow_data_change=True), 2,
+        data_position.resume_config(_config(name, stores, seed=1), 2, meta, "run")
+    data_position.resume_config(_config(name, stores, seed=1, allow_data_change=True), 2,
                                    meta, "run")
 
 
 def test_a_checkpoint_of_the_seqio_stream_continues_on_it(text_task, stores):
     auto = dataclasses.replace(_config(text_task, stores), stream="auto")
     assert input_pipeline.uses_store(auto)
-    meta = {"data_position": 4, **input_pipeline.position_meta(auto)}  # no stores recorded
-    assert input_pipeline.resume_config(auto, 4, meta, "run").stream == "skip"
+    meta = {"data_position": 4, **data_position.position_meta(auto)}  # no stores recorded
+    assert data_position.resume_config(auto, 4, meta, "run").stream == "skip"
     with pytest.raises(input_pipeline.ConfigError, match="trained on the seqio stream"):
-        input_pipeline.resume_config(_config(text_task, stores), 4, meta, "run")
+        data_position.resume_config(_config(text_task, stores), 4, meta, "run")
     skip = dataclasses.replace(auto, stream="skip")
-    stored = {**meta, "stream": input_pipeline.stream_identity(auto)}
+    stored = {**meta, "stream": data_position.stream_identity(auto)}
     with pytest.raises(input_pipeline.ConfigError, match="trained on token stores"):
-        input_pipeline.resume_config(skip, 4, stored, "run")
+        data_position.resume_config(skip, 4, stored, "run")
 
 
 def test_a_tfds_task_is_stored_and_read_like_the_same_text_elsewhere(tmp_path):

@@ -122,7 +122,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     """
     # TensorFlow loads only on the data path.
     from t5x_lite.inference import evaluation
-    from t5x_lite.pipeline import input_pipeline
+    from t5x_lite.pipeline import data_position, input_pipeline
 
     goodput = Goodput()
     # Bad input is refused before anything is written under MODEL_DIR.
@@ -144,9 +144,9 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
         initial_state = functools.partial(_initial_state, run, setup.optimizer, seed,
                                           initial_checkpoint_path)
         state, position, origin, data = _restore_or_init(
-            run, initial_state, functools.partial(input_pipeline.resume_config, data,
+            run, initial_state, functools.partial(data_position.resume_config, data,
                                                   model_dir=model_dir), data)
-        run.data = _data_record(data, vocab, input_pipeline.stream_identity(data))
+        run.data = _data_record(data, vocab, data_position.stream_identity(data))
         _write_config(model_dir)
         train_step = setup.train_step()
         eval_step = setup.eval_step()
