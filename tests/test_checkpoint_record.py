@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import sys
 
+import numpy as np
 import pytest
 
 from t5x_lite.checkpoints.record import CheckpointRecord, DataRecord
@@ -13,7 +14,8 @@ from tests.cli import losses_by_step, run_cli, train_command
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "run_v1"
 # The run that wrote the fixture (steps 1-4, saved at 4), and what its own code went on to
-# log for steps 5 and 6 when restarted from that checkpoint.
+# log for steps 5 and 6 when restarted from that checkpoint (to 1e-5: XLA's CPU code
+# differs by a few ulps between processor generations).
 FIXTURE_MODEL = [f"--gin.DecoderConfig.{name}={value}" for name, value in (
     ("num_layers", 1), ("embed_dim", 16), ("num_heads", 2), ("num_kv_heads", 1),
     ("head_dim", 8), ("mlp_dim", 32))] + ["--gin.CheckpointConfig.save_every=4"]
@@ -54,11 +56,14 @@ def continued_run(tmp_path_factory):
     return model_dir, result
 
 
-def test_a_checkpoint_of_the_first_layout_restores_and_continues_bitwise(continued_run):
+def test_a_checkpoint_of_the_first_layout_restores_and_continues(continued_run):
     model_dir, result = continued_run
     assert "restored step 4" in result.stderr
-    assert {step: losses[0] for step, losses in losses_by_step(model_dir).items()} == (
-        CONTINUED_LOSSES)
+    assert "continues there (DataConfig.stream = 'skip')" in result.stderr
+    losses = {step: losses[0] for step, losses in losses_by_step(model_dir).items()}
+    assert sorted(losses) == sorted(CONTINUED_LOSSES)
+    np.testing.assert_allclose([losses[s] for s in sorted(losses)],
+                               [CONTINUED_LOSSES[s] for s in sorted(losses)], rtol=1e-5)
     record = CheckpointRecord.from_json(_meta(model_dir, 6))
     assert _meta(model_dir, 6)["format"] == 2
     assert record.family == "decoder" and record.data_position == 6

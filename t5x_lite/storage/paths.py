@@ -10,6 +10,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -34,13 +35,15 @@ PathLike = str | os.PathLike
 # manifest of a token store.
 MARKERS = ("commit_success.txt", "config.json", "manifest.json")
 
+_SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+
 # Schemes with a backend: (module that must be importable, extra that installs it).
 BACKENDS = {"gs": ("gcsfs", "gcs")}
 
 
 def is_uri(location: PathLike) -> bool:
-    """True for a location with a scheme, such as `gs://bucket/run`."""
-    return "://" in os.fspath(location)
+    """True for a location that starts with a scheme, such as `gs://bucket/run`."""
+    return _SCHEME.match(os.fspath(location)) is not None
 
 
 def path(location: PathLike) -> epath.Path:
