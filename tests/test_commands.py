@@ -10,7 +10,8 @@ from t5x_lite.cli import parser as cli
 from tests.cli import assert_one_line_error, run_cli, train_command
 
 # A flag of each command's own, that its --help must name.
-OWN_FLAG = {"train": "--coordinator_address", "build-vocab": "--vocab_size",
+OWN_FLAG = {"train": "--coordinator_address", "build-data": "--coordinator_address",
+            "build-vocab": "--vocab_size",
             "supervise": "--max_restarts", "export-hf": "--max_shard_size",
             "import-hf": "--hf_dir", "eval": "--tasks", "infer": "--prompts_file",
             "plan": "--mfu"}

@@ -58,20 +58,27 @@ SCRIPT = textwrap.dedent("""
     from t5x_lite.pipeline import input_pipeline
     from t5x_lite.pipeline.input_pipeline import DataConfig
     corpus, stores, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    name = text_file_task(files=[corpus], name="store_test_text", chunk_chars=64)
+    name = text_file_task(files=[corpus], name="store_test_fresh", chunk_chars=64)
     cfg = DataConfig(name, {"targets": 16}, 8, seed=seed, stream="store", store_dir=stores)
     batch = next(input_pipeline.train_batches(cfg, 5, 0, 1))
     print(hashlib.sha256(b"".join(batch[k].tobytes() for k in sorted(batch))).hexdigest())
 """)
 
 
+def _digest(batch: dict) -> str:
+    return hashlib.sha256(b"".join(batch[k].tobytes() for k in sorted(batch))).hexdigest()
+
+
 def test_a_batch_is_byte_identical_in_fresh_processes_and_depends_on_the_seed(tmp_path):
     (tmp_path / "corpus.txt").write_text(_lines("line", 300))
     digests = [subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "corpus.txt"),
-                               str(tmp_path / "stores"), str(seed)], capture_output=True,
-                              text=True, check=True).stdout.split()[-1]
-               for seed in (0, 0, 1)]
-    assert digests[0] == digests[1] != digests[2]
+                               str(tmp_path / "stores"), "0"], capture_output=True,
+                              text=True, check=True).stdout.split()[-1] for _ in range(2)]
+    name = text_file_task(files=[str(tmp_path / "corpus.txt")], name="store_test_fresh",
+                          chunk_chars=64)
+    here = [_digest(_batches(_config(name, tmp_path / "stores", seed=seed), 5, 1)[0])
+            for seed in (0, 1)]
+    assert digests[0] == digests[1] == here[0] != here[1]
 
 
 @pytest.mark.parametrize("where", ["start", "second batch", "epoch boundary", "10**9"])
@@ -173,28 +180,6 @@ def test_a_store_is_reused_and_rebuilt_when_its_text_changes(tmp_path):
     assert digest != hashlib.sha256((first / "targets.tokens").read_bytes()).hexdigest()
 
 
-def test_resuming_on_changed_data_or_another_seed_is_refused_in_one_line(tmp_path, stores):
-    from tests.cli import assert_one_line_error, run_cli, train_command
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(_lines("first", 400))
-    text = ["--gin.MIXTURE_OR_TASK_NAME=@text_file_task()",
-            f"--gin.text_file_task.files=['{corpus}']", f"--gin.DataConfig.store_dir='{stores}'"]
-    result = run_cli(train_command(tmp_path / "run", 2, *text))
-    assert result.returncode == 0, result.stderr[-3000:]
-    corpus.write_text(_lines("second", 400))
-    result = run_cli(train_command(tmp_path / "run", 3, *text))
-    assert_one_line_error(result, "train", "checkpoint step 2", "Task 'text_files' reads other "
-                          "data than it did", "DataConfig.allow_data_change = True")
-
-    name = text_file_task(files=[str(corpus)], name="text_files")
-    meta = {"stream": data_position.stream_identity(_config(name, stores))}
-    data_position.resume_config(_config(name, stores), 2, meta, "run")  # the same data
-    with pytest.raises(input_pipeline.ConfigError, match="DataConfig.seed was 0 and is 1"):
-        data_position.resume_config(_config(name, stores, seed=1), 2, meta, "run")
-    data_position.resume_config(_config(name, stores, seed=1, allow_data_change=True), 2,
-                                   meta, "run")
-
-
 def test_a_checkpoint_of_the_seqio_stream_continues_on_it(text_task, stores):
     auto = dataclasses.replace(_config(text_task, stores), stream="auto")
     assert input_pipeline.uses_store(auto)
@@ -227,29 +212,43 @@ def test_a_tfds_task_is_stored_and_read_like_the_same_text_elsewhere(tmp_path):
     assert identity["split"] == embedded_corpus.split_name("prose", "train")
 
 
-def test_a_batch_size_change_continues_at_the_next_unread_row(text_task, stores, tmp_path):
+def test_a_batch_size_change_continues_at_the_next_unread_row(text_task, stores):
     cfg = _config(text_task, stores)
     half = dataclasses.replace(cfg, global_batch_size=4)
-    stream = _stream(cfg)
     before = _batches(cfg, 0, 3)  # rows 0-23 as 3 batches of 8
     offset = 3 * BATCH - 3 * 4  # rows consumed minus data position x the new batch size
     after = list(itertools.islice(input_pipeline.train_batches(half, 3, 0, 1, row_offset=offset),
                                   2))  # rows 24-31
-    family = family_lib.default()
-    expected = family.packed_features(stream.packed_rows(np.arange(32)))
+    expected = family_lib.default().packed_features(_stream(cfg).packed_rows(np.arange(32)))
     joined = {key: np.concatenate([b[key] for b in before + after]) for key in expected}
     assert_same_batches([joined], [expected])
 
-    from tests.cli import run_cli, train_command
+
+def test_a_resumed_run_counts_rows_and_refuses_changed_data(tmp_path, stores):
+    from tests.cli import assert_one_line_error, run_cli, train_command
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(_lines("first", 400))
     text = ["--gin.MIXTURE_OR_TASK_NAME=@text_file_task()",
-            f"--gin.text_file_task.files=['{tmp_path / 'corpus.txt'}']",
-            f"--gin.DataConfig.store_dir='{stores}'"]
-    (tmp_path / "corpus.txt").write_text(_lines("line", 400))
+            f"--gin.text_file_task.files=['{corpus}']", f"--gin.DataConfig.store_dir='{stores}'"]
     assert run_cli(train_command(tmp_path / "run", 2, *text)).returncode == 0
     result = run_cli(train_command(tmp_path / "run", 3, *text, "--gin.BATCH_SIZE=4"))
     assert result.returncode == 0 and "restored step 2" in result.stderr, result.stderr[-2000:]
     meta = json.loads((tmp_path / "run/checkpoints/3/meta/metadata").read_text())
     assert (meta["data_position"], meta["data_rows"]) == (3, 2 * 8 + 4)
+
+    corpus.write_text(_lines("second", 400))
+    result = run_cli(train_command(tmp_path / "run", 4, *text, "--gin.BATCH_SIZE=4"))
+    assert_one_line_error(result, "train", "checkpoint step 3", "Task 'text_files' reads other "
+                          "data than it did", "DataConfig.allow_data_change = True")
+
+
+def test_another_seed_is_refused_unless_allowed(text_task, stores):
+    meta = {"stream": data_position.stream_identity(_config(text_task, stores))}
+    data_position.resume_config(_config(text_task, stores), 2, meta, "run")  # the same data
+    with pytest.raises(input_pipeline.ConfigError, match="DataConfig.seed was 0 and is 1"):
+        data_position.resume_config(_config(text_task, stores, seed=1), 2, meta, "run")
+    data_position.resume_config(_config(text_task, stores, seed=1, allow_data_change=True), 2,
+                                meta, "run")
 
 
 def test_a_corpus_of_files_streams_into_a_store(tmp_path):

@@ -23,8 +23,7 @@ def resume_config(cfg: DataConfig, step: int, meta: dict, model_dir: str) -> Dat
     chosen. Raises ConfigError if the checkpoint counted its data position in batches of
     another size or row length, or drew its rows from other data or with another seed."""
     if "stream" in meta:  # token stores count rows: only the row length must stay
-        _check_same_rows(cfg, step, {**meta, "global_batch_size": cfg.global_batch_size},
-                         model_dir)
+        _check_same_row_length(cfg, step, meta, model_dir)
         _check_same_data(cfg, step, meta["stream"], model_dir)
         return cfg
     _check_same_rows(cfg, step, meta, model_dir)
@@ -37,6 +36,16 @@ def resume_config(cfg: DataConfig, step: int, meta: dict, model_dir: str) -> Dat
                           "seqio stream, not token stores: resume with DataConfig.stream = "
                           "'skip', or set DataConfig.allow_data_change = True.")
     return cfg
+
+
+def _check_same_row_length(cfg: DataConfig, step: int, meta: dict, model_dir: str) -> None:
+    saved = meta.get("task_feature_lengths", dict(cfg.task_feature_lengths))
+    lengths = dict(cfg.task_feature_lengths)
+    if saved != lengths:
+        raise ConfigError(
+            f"checkpoint step {step} in MODEL_DIR={model_dir} counted rows of "
+            f"{_row_tokens(saved)} tokens; this config has rows of {_row_tokens(lengths)}: "
+            f"resume with TASK_FEATURE_LENGTHS={saved}, or start a new MODEL_DIR.")
 
 
 def _check_same_rows(cfg: DataConfig, step: int, meta: dict, model_dir: str) -> None:
