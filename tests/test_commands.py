@@ -33,7 +33,7 @@ def test_command_help_shows_its_own_flags(command):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"usage: t5x_lite {command}" in result.stdout
     assert OWN_FLAG[command] in result.stdout
-    others = {flag for name, flag in OWN_FLAG.items() if name != command}
+    others = set(OWN_FLAG.values()) - {OWN_FLAG[command]}  # build-data shares train's
     assert not [flag for flag in others if f"{flag} " in result.stdout]
 
 
