@@ -1,6 +1,5 @@
 """Runs the installed CLI in a subprocess, as a user would."""
 
-import json
 import os
 import subprocess
 import sys
@@ -28,8 +27,9 @@ def run_cli(args: list[str], num_devices: int = 2, timeout: int = 600):
 
 
 def read_metrics(model_dir) -> list[dict]:
-    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    """MODEL_DIR's metrics records, as t5x_lite reads them back (local or gs://)."""
+    from t5x_lite import storage
+    return storage.read_jsonl(storage.join(model_dir, "metrics.jsonl"))
 
 
 def losses_by_step(model_dir) -> dict[int, list[float]]:

@@ -22,7 +22,7 @@ from t5x_lite.errors import ConfigError
 from t5x_lite.resilience import supervisor
 from t5x_lite.storage import jsonl
 from tests import gcs_emulator
-from tests.cli import assert_one_line_error, cli_env, train_command
+from tests.cli import assert_one_line_error, cli_env, losses_by_step, train_command
 
 pytestmark = pytest.mark.skipif(gcs_emulator.binary() is None,
                                 reason="no Cloud Storage emulator binary for this platform")
@@ -60,15 +60,6 @@ def _run(emulator, args, cwd, num_devices: int = 2, timeout: int = 600):
                           env=_env(emulator, num_devices), timeout=timeout)
 
 
-def _losses(model_dir) -> dict[int, list[float]]:
-    """Losses by step, as t5x_lite reads its records back."""
-    losses: dict[int, list[float]] = {}
-    for record in storage.read_jsonl(storage.join(model_dir, "metrics.jsonl")):
-        if "loss" in record:
-            losses.setdefault(record["step"], []).append(record["loss"])
-    return losses
-
-
 def _assert_matches(resumed: dict, reference: dict) -> None:
     assert sorted(resumed) == sorted(reference) == list(range(1, max(reference) + 1))
     for step, losses in resumed.items():
@@ -87,7 +78,7 @@ def local_reference(tmp_path_factory) -> dict:
     result = subprocess.run(train_command(model_dir, STEPS, *FLAGS), capture_output=True,
                             text=True, env=cli_env(2), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return _losses(model_dir)
+    return losses_by_step(model_dir)
 
 
 def test_a_run_on_gcs_killed_and_restarted_matches_a_local_run(emulator, bucket, tmp_path,
@@ -99,7 +90,7 @@ def test_a_run_on_gcs_killed_and_restarted_matches_a_local_run(emulator, bucket,
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         saved = storage.join(model_dir, "checkpoints", "4", "commit_success.txt").exists()
-        if saved and max(_losses(model_dir), default=0) >= 6:
+        if saved and max(losses_by_step(model_dir), default=0) >= 6:
             break
         time.sleep(0.2)
     assert process.poll() is None, "the run ended before it could be killed"
@@ -111,7 +102,7 @@ def test_a_run_on_gcs_killed_and_restarted_matches_a_local_run(emulator, bucket,
     result = _run(emulator, train_command(model_dir, STEPS, *FLAGS), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "restored step" in result.stderr
-    _assert_matches(_losses(model_dir), local_reference)
+    _assert_matches(losses_by_step(model_dir), local_reference)
     assert os.listdir(tmp_path) == []  # nothing landed on local disk
     written = _objects(model_dir)
     assert {"config.gin", f"checkpoints/{STEPS}/commit_success.txt"} <= set(written)
@@ -131,7 +122,7 @@ def test_sigterm_then_a_corrupted_checkpoint_on_gcs(emulator, bucket, tmp_path, 
                "--gin.ProfileConfig.first_step=3", "--gin.ProfileConfig.num_steps=1"]
     result = _run(emulator, train_command(model_dir, STEPS, *FLAGS, *preempt), tmp_path)
     assert result.returncode == 75, result.stderr[-3000:]
-    stopped_at = max(_losses(model_dir))
+    stopped_at = max(losses_by_step(model_dir))
     assert _saved_steps(model_dir) == [4, stopped_at] and 5 <= stopped_at < 8  # off-interval
     assert any(name.endswith(".xplane.pb") for name in _objects(f"{model_dir}/profile"))
 
@@ -147,7 +138,7 @@ def test_sigterm_then_a_corrupted_checkpoint_on_gcs(emulator, bucket, tmp_path, 
     assert "checkpoint step 8 is unreadable" in result.stderr
     assert f"restored step {stopped_at}" in result.stderr
     assert storage.join(model_dir, "checkpoints", "8.corrupt", "commit_success.txt").exists()
-    _assert_matches(_losses(model_dir), local_reference)
+    _assert_matches(losses_by_step(model_dir), local_reference)
     assert os.listdir(tmp_path) == []
 
 
@@ -164,7 +155,7 @@ def test_two_processes_write_one_gcs_run_that_one_process_continues(emulator, bu
     result = _run(emulator, train_command(model_dir, STEPS, *FLAGS), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "restored step 8" in result.stderr
-    losses = _losses(model_dir)
+    losses = losses_by_step(model_dir)
     assert sorted(losses) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([losses[step][-1] for step in range(1, STEPS + 1)],
                                [local_reference[step][0] for step in range(1, STEPS + 1)],
