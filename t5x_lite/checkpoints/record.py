@@ -41,6 +41,8 @@ class CheckpointRecord:
     gin_config: str = ""
     hf: dict[str, Any] | None = None  # the source of a checkpoint made by import-hf
     data_rows: int | None = None  # rows of the token-store stream consumed
+    data_window: list[int] | None = None  # [window, its first row]: where rows of whole
+    # examples are found from (at or before row `data_rows`)
 
     def row_offset(self, global_batch_size: int) -> int:
         """Rows consumed beyond `data_position` batches of `global_batch_size` rows: what a
@@ -55,6 +57,8 @@ class CheckpointRecord:
                   "gin_config": self.gin_config}
         if self.data_rows is not None:
             record["data_rows"] = self.data_rows
+        if self.data_window is not None:
+            record["data_window"] = list(self.data_window)
         if self.hf is not None:
             record["hf"] = self.hf
         return record
@@ -67,7 +71,7 @@ class CheckpointRecord:
                    data_position=int(meta.get("data_position", 0)),
                    data=DataRecord(**meta.get("data") or {}),
                    gin_config=meta.get("gin_config", ""), hf=meta.get("hf"),
-                   data_rows=meta.get("data_rows"))
+                   data_rows=meta.get("data_rows"), data_window=meta.get("data_window"))
 
     def model_config_of(self, config_type: type):
         """The family's config dataclass built from the record, ignoring unknown fields."""

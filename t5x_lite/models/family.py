@@ -74,7 +74,8 @@ class ModelFamily(abc.ABC):
     def packed_features(self, packed: Mapping[str, Any]) -> dict[str, Any]:
         """The model's features of rows cut from token stores, from seqio's packed layout
         (numpy [B, L]): `targets`, `targets_segment_ids`, `targets_positions` (position 0
-        starts a segment; segment 0 is padding)."""
+        starts a segment; segment 0 is padding), and for rows of examples' inputs then
+        targets, `inputs_width` (the inputs' length of each token's example)."""
         raise NotImplementedError(f"the {self.name} family does not read token stores")
 
     @abc.abstractmethod

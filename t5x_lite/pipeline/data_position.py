@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from t5x_lite.errors import ConfigError
 from t5x_lite.pipeline import store_build
-from t5x_lite.pipeline.input_pipeline import DataConfig, tasks_of, uses_store
+from t5x_lite.pipeline.input_pipeline import DataConfig, store_lengths, tasks_of, uses_store
 
 
 def position_meta(cfg: DataConfig) -> dict:
@@ -68,8 +68,9 @@ def stream_identity(cfg: DataConfig) -> dict | None:
     store fingerprint (None for the skip stream). Recorded with each checkpoint."""
     if not uses_store(cfg):
         return None
+    lengths = store_lengths(cfg)
     return {"seed": cfg.seed,
-            "stores": {task.name: store_build.fingerprint_of(task, "train", None)[0]
+            "stores": {task.name: store_build.fingerprint_of(task, "train", lengths)[0]
                        for task in tasks_of(cfg.mixture_or_task_name) if "train" in task.splits}}
 
 

@@ -5,7 +5,10 @@ token store and batch i is computed from the stores by index arithmetic
 (`store_stream`), so a resume or a rollback reaches any position at once and each
 process reads only its own rows. `skip`: the seqio pipeline itself, replayed from the
 start to reach a position, for Tasks that cannot be stored. `auto` (the default) is
-`store` for packed language-modeling data whose sources say what they read, else `skip`.
+`store` for packed data whose sources say what they read, else `skip`. Language-modeling
+rows are cut from the stores by index arithmetic (`store_stream`); rows of whole examples
+with inputs and targets are packed window by window (`example_rows`), and a window
+cursor says where the windows of the next row start.
 
 The skip stream is made of S = `num_data_shards` shard pipelines. Shard s reads
 the s-th of S slices of the data, shuffles it with a seed derived from (seed, s),
@@ -38,7 +41,8 @@ from t5x_lite import data  # Registers the built-in Tasks; hides accelerators fr
 from t5x_lite.errors import ConfigError
 from t5x_lite.models import family as family_lib
 from t5x_lite.pipeline import store_build
-from t5x_lite.pipeline.store_stream import LmRows, StoreStream
+from t5x_lite.pipeline.example_rows import ExampleSource, ExampleStream, WindowCursor
+from t5x_lite.pipeline.store_stream import MIXTURE_BLOCK_ROWS, LmRows, StoreStream
 from t5x_lite.pipeline.token_store import TokenStore
 
 data.hide_accelerators_from_tensorflow()
@@ -110,20 +114,38 @@ def feature_converter(cfg: DataConfig,
     return family.feature_converter(_is_instruction_data(cfg), cfg.pack)
 
 
+class Batches:
+    """This process's batches, in order. `cursor` is the window cursor of the last batch
+    returned (rows of whole examples; None on other streams): its checkpoint records it."""
+
+    def __init__(self, batches_and_cursors: Iterator[tuple[dict, WindowCursor | None]]):
+        self._batches_and_cursors = batches_and_cursors
+        self.cursor: WindowCursor | None = None
+
+    def __iter__(self) -> "Batches":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch, self.cursor = next(self._batches_and_cursors)
+        return batch
+
+
 def train_batches(cfg: DataConfig, start_position: int, process_index: int, process_count: int,
-                  family: family_lib.ModelFamily | None = None, row_offset: int = 0
-                  ) -> Iterator[dict[str, np.ndarray]]:
+                  family: family_lib.ModelFamily | None = None, row_offset: int = 0,
+                  cursor: WindowCursor = WindowCursor()) -> Batches:
     """This process's rows of global batches `start_position`, `start_position + 1`, ..., in
     the features of `family` (default: the decoder). On token stores, global batch i holds
-    rows `row_offset + i * B` on (a run resumed with another batch size B has an offset)."""
+    rows `row_offset + i * B` on (a run resumed with another batch size B has an offset);
+    rows of whole examples are found from `cursor`, at or before the first of them."""
     if start_position < 0:
         raise ConfigError(f"start_position={start_position}: the data position cannot be negative.")
     store = uses_store(cfg)
     _check_split(cfg, "train", cfg.shuffle and not store)
     if store:
         stream = _store_stream(cfg, "train", cfg.shuffle, cfg.seed)
-        return _prefetched(_store_batches(stream, cfg, family, itertools.count(start_position),
-                                          process_index, process_count, row_offset))
+        return Batches(_prefetched(_store_batches(
+            stream, cfg, family, itertools.count(start_position), process_index, process_count,
+            row_offset, cursor)))
     if start_position:
         print(f"data: replaying {start_position} batches of the seqio pipeline to reach data "
               f"position {start_position} (DataConfig.stream = 'skip'; a token store reaches "
@@ -133,7 +155,7 @@ def train_batches(cfg: DataConfig, start_position: int, process_index: int, proc
     datasets = [_shard_batches(cfg, converter, shard, "train", cfg.shuffle,
                                _shard_seed(cfg.seed, shard)).skip(start_position)
                 for shard in shards]
-    return _process_rows(datasets, shards, cfg, "train")
+    return Batches((batch, None) for batch in _process_rows(datasets, shards, cfg, "train"))
 
 
 def eval_batches(cfg: DataConfig, num_batches: int, process_index: int, process_count: int,
@@ -143,8 +165,8 @@ def eval_batches(cfg: DataConfig, num_batches: int, process_index: int, process_
     _check_split(cfg, cfg.eval_split, shuffle=False)
     if uses_store(cfg):
         stream = _store_stream(cfg, cfg.eval_split, False, _EVAL_SEED)
-        return _store_batches(stream, cfg, family, range(num_batches), process_index,
-                              process_count)
+        return (batch for batch, _ in _store_batches(stream, cfg, family, range(num_batches),
+                                                     process_index, process_count))
     shards = _owned_shards(cfg, process_index, process_count)
     converter = feature_converter(cfg, family)
     datasets = [_shard_batches(cfg, converter, shard, cfg.eval_split, False,
@@ -156,9 +178,6 @@ def eval_batches(cfg: DataConfig, num_batches: int, process_index: int, process_
 def build_stores(cfg: DataConfig) -> list[tuple[str, str, TokenStore]]:
     """(Task, split, store) for the train and eval splits of `cfg`'s Tasks, built where
     missing: `t5x_lite build-data`."""
-    if _is_instruction_data(cfg):
-        raise ConfigError(f"'{cfg.mixture_or_task_name}' has inputs and targets; token stores "
-                          "hold language-modeling data (targets only) so far.")
     built = []
     for split in dict.fromkeys(("train", cfg.eval_split)):
         for task in tasks_of(cfg.mixture_or_task_name):
@@ -167,10 +186,16 @@ def build_stores(cfg: DataConfig) -> list[tuple[str, str, TokenStore]]:
     return built
 
 
+def store_lengths(cfg: DataConfig) -> dict[str, int] | None:
+    """The lengths a store of `cfg`'s Tasks is built with: none for language-modeling data
+    (rows are cut from whole documents, so one store serves every length), the feature
+    lengths for examples with inputs and targets (which the Tasks fit or drop)."""
+    return dict(cfg.task_feature_lengths) if _is_instruction_data(cfg) else None
+
+
 def _task_store(task: seqio.Task, split: str, cfg: DataConfig) -> TokenStore:
     try:
-        # Whole documents: rows are cut from them, so one store serves every length.
-        return store_build.store_for(task, split, None, cfg.store_dir,
+        return store_build.store_for(task, split, store_lengths(cfg), cfg.store_dir,
                                      progress=jax.process_index() == 0)
     except store_build.NotMaterialisable as reason:
         raise ConfigError(f"Task '{task.name}' cannot be written to a token store: {reason}; "
@@ -178,55 +203,68 @@ def _task_store(task: seqio.Task, split: str, cfg: DataConfig) -> TokenStore:
 
 
 def uses_store(cfg: DataConfig) -> bool:
-    """Whether `cfg` reads token stores: `store`, or `auto` for packed language-modeling
-    data whose every Task's source says what it reads."""
+    """Whether `cfg` reads token stores: `store`, or `auto` for packed data whose every
+    Task's source says what it reads."""
     if cfg.stream != "auto":
         return cfg.stream == "store"
-    if not cfg.pack or _is_instruction_data(cfg):
+    if not cfg.pack:
         return False
     return all(store_build.materialisable(task) for task in tasks_of(cfg.mixture_or_task_name))
 
 
-def _store_stream(cfg: DataConfig, split: str, shuffle: bool, seed: int) -> StoreStream:
+def _store_stream(cfg: DataConfig, split: str, shuffle: bool,
+                  seed: int) -> StoreStream | ExampleStream:
     """The stream of the stores of the Tasks with rows in `split` (built if missing)."""
-    if _is_instruction_data(cfg):
-        raise ConfigError(f"'{cfg.mixture_or_task_name}' has inputs and targets; token stores "
-                          "hold language-modeling data (targets only) so far: set "
-                          "DataConfig.stream = 'skip'.")
+    if not cfg.pack:
+        raise ConfigError("Token stores give packed rows: set DataConfig.pack = True, or "
+                          "DataConfig.stream = 'skip' for unpacked rows.")
     provider = _provider(cfg.mixture_or_task_name)
-    lengths = dict(cfg.task_feature_lengths)
+    examples = _is_instruction_data(cfg)
+    row_length = cfg.sequence_length
     sources, names, rates = [], [], []
     for task in tasks_of(cfg.mixture_or_task_name):
         if split not in task.splits:
             continue
-        rows = LmRows(_task_store(task, split, cfg), lengths["targets"])
-        if rows.num_rows:
-            sources.append(rows)
+        store = _task_store(task, split, cfg)
+        source = ExampleSource(store) if examples else LmRows(store, row_length)
+        if source.num_examples if examples else source.num_rows:
+            sources.append(source)
             names.append(task.name)
             rates.append(provider.get_rate(task) if isinstance(provider, seqio.Mixture) else 1.0)
     if not sources:
-        raise ConfigError(f"The '{split}' split of '{cfg.mixture_or_task_name}' has fewer "
-                          f"tokens than one row of {lengths['targets']}: add data or shorten "
-                          "TASK_FEATURE_LENGTHS.")
+        what = "no example that fits" if examples else "fewer tokens than one row"
+        raise ConfigError(f"The '{split}' split of '{cfg.mixture_or_task_name}' has {what} "
+                          f"for TASK_FEATURE_LENGTHS={dict(cfg.task_feature_lengths)}: add data "
+                          "or change TASK_FEATURE_LENGTHS.")
+    if examples:
+        return ExampleStream(sources, names, rates, seed, shuffle, row_length,
+                             MIXTURE_BLOCK_ROWS)
     return StoreStream(sources, names, rates, seed, shuffle)
 
 
-def _store_batches(stream: StoreStream, cfg: DataConfig, family, positions: Iterator[int],
-                   process_index: int, process_count: int,
-                   row_offset: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """This process's rows of each global batch in `positions`, as model features."""
+def _store_batches(stream: StoreStream | ExampleStream, cfg: DataConfig, family,
+                   positions: Iterator[int], process_index: int, process_count: int,
+                   row_offset: int = 0, cursor: WindowCursor = WindowCursor()
+                   ) -> Iterator[tuple[dict[str, np.ndarray], WindowCursor | None]]:
+    """(This process's rows of each global batch in `positions` as model features, the
+    window cursor of the batch's first row, or None for language-modeling rows)."""
     family = family or family_lib.default()  # resolved here, not on a prefetch thread
     rows = cfg.global_batch_size // process_count
-    firsts = (row_offset + position * cfg.global_batch_size + process_index * rows
-              for position in positions)
-    return (family.packed_features(stream.packed_rows(np.arange(first, first + rows)))
-            for first in firsts)
+    for position in positions:
+        first = row_offset + position * cfg.global_batch_size
+        mine = first + process_index * rows
+        if isinstance(stream, StoreStream):
+            yield family.packed_features(stream.packed_rows(np.arange(mine, mine + rows))), None
+        else:
+            cursor = stream.cursor_at(first, cursor)
+            yield family.packed_features(stream.packed_rows(mine, rows, cursor)), cursor
 
 
 def _prefetched(batches: Iterator, size: int = PREFETCH_BATCHES) -> Iterator:
     """`batches`, computed up to `size` ahead on a worker thread. The worker belongs to a
     thread pool, so an interpreter that exits first lets it finish its batch and stop."""
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="data-prefetch")
+    finalizing = sys.is_finalizing  # held here: at exit, module globals are gone
     end = object()
     ahead = collections.deque(pool.submit(next, batches, end) for _ in range(size))
     try:
@@ -234,7 +272,8 @@ def _prefetched(batches: Iterator, size: int = PREFETCH_BATCHES) -> Iterator:
             ahead.append(pool.submit(next, batches, end))
             yield batch
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        if not finalizing():  # at exit, the pool's own exit hook stops it
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _provider(name: str) -> seqio.DatasetProviderBase:
@@ -359,6 +398,6 @@ def build_data_command(cfg: DataConfig) -> None:
     """`t5x_lite build-data`: builds the stores a training run of `cfg` reads, and says
     where they are."""
     for task, split, store in build_stores(cfg):
-        sizes = store.manifest.features["targets"]
-        print(f"{task}/{split}: {sizes['examples']:,} examples, {sizes['tokens']:,} tokens in "
+        tokens = sum(sizes["tokens"] for sizes in store.manifest.features.values())
+        print(f"{task}/{split}: {store.num_examples:,} examples, {tokens:,} tokens in "
               f"{store.directory}")

@@ -44,6 +44,7 @@ class Run:
     data: DataRecord
     writer: metrics_lib.MetricsWriter | None = None
     row_offset: int = 0  # token-store rows consumed beyond data position x batch size
+    window: list[int] | None = None  # the window cursor of the last batch read, if any
 
 
 def _global_batch(local_batch: dict, shardings: dict) -> dict:
@@ -65,6 +66,7 @@ def _restore_or_init(run: Run, initial_state, resume_config, data):
         record = CheckpointRecord.from_json(meta)
         data = resume_config(step, record.data.position_unit())
         run.row_offset = record.row_offset(data.global_batch_size)
+        run.window = record.data_window
         return state, record.data_position, f"restored step {step}", data
     state, origin = initial_state()
     return state, 0, origin, data
@@ -89,12 +91,13 @@ def _evaluate(eval_step, params, eval_batches) -> float:
     return loss_sum / max(weight_sum, 1.0)
 
 
-def _record(cfg, data_position: int, data: DataRecord = DataRecord(),
-            row_offset: int = 0) -> dict:
+def _record(cfg, data_position: int, data: DataRecord = DataRecord(), row_offset: int = 0,
+            window: list[int] | None = None) -> dict:
     """A checkpoint's record (meta), as JSON."""
     rows = row_offset + data_position * data.global_batch_size if data.stream else None
     return CheckpointRecord(family_lib.for_config(cfg).name, dataclasses.asdict(cfg),
-                            data_position, data, gin.config_str(), data_rows=rows).to_json()
+                            data_position, data, gin.config_str(), data_rows=rows,
+                            data_window=window).to_json()
 
 
 def _data_record(data, vocabulary, stream: dict | None) -> DataRecord:
@@ -123,6 +126,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     # TensorFlow loads only on the data path.
     from t5x_lite.inference import evaluation
     from t5x_lite.pipeline import data_position, input_pipeline
+    from t5x_lite.pipeline.example_rows import WindowCursor
 
     goodput = Goodput()
     # Bad input is refused before anything is written under MODEL_DIR.
@@ -168,7 +172,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
             else None,
             batches_from=lambda start: input_pipeline.train_batches(
                 data, start, jax.process_index(), jax.process_count(), family,
-                row_offset=run.row_offset))
+                row_offset=run.row_offset, cursor=WindowCursor.from_json(run.window)))
         eval_batches = [_global_batch(batch, setup.batch_shardings)
                         for batch in input_pipeline.eval_batches(
                             data, eval_steps, jax.process_index(), jax.process_count(), family)
@@ -222,6 +226,8 @@ def _loop(run: Run, ctx: _LoopContext, state, position: int, eval_batches,
     run.goodput.start_steps(step)
     while step < ctx.train_steps:
         batch = _global_batch(next(batches), run.batch_shardings)
+        if batches.cursor is not None:
+            run.window = batches.cursor.to_json()
         profiler.before_step(step + 1)
         state, step_metrics = ctx.train_step(state, batch, np.int32(position))
         meter.start()  # after the first dispatch, which compiled the step
@@ -313,8 +319,8 @@ def _save_if_healthy(run: Run, step: int, state, position: int, ladder: Divergen
     if not bool(jax.device_get(_all_finite(state["params"]))):
         run.recovery.record(step, "non_finite_params", "checkpoint_not_written")
         return
-    run.checkpointer.save(step, state, _record(run.spec.cfg, position, run.data, run.row_offset),
-                          force=True)
+    run.checkpointer.save(step, state, _record(run.spec.cfg, position, run.data, run.row_offset,
+                                               run.window), force=True)
     run.goodput.checkpointed(step)
 
 
@@ -327,12 +333,13 @@ def _roll_back(run: Run, ctx: _LoopContext, step: int, rollback: Rollback):
                                                    before=rollback.before)
     if restored is None:
         restored_step, state, position, target = 0, ctx.initial_state(), 0, "initial_state"
-        run.row_offset = 0
+        run.row_offset, run.window = 0, None
     else:
         restored_step, state, meta = restored
         record = CheckpointRecord.from_json(meta)
         position, target = record.data_position, f"step_{restored_step}"
         run.row_offset = record.row_offset(run.data.global_batch_size)
+        run.window = record.data_window
     if rollback.lower_lr:
         health = {**state["health"], "lr_scale": state["health"]["lr_scale"]
                   * ctx.divergence.lr_factor}

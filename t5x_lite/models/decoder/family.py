@@ -45,14 +45,16 @@ class DecoderFamily(family_lib.ModelFamily):
         return converters.LanguageModelFeatureConverter(pack=pack)
 
     def packed_features(self, packed) -> dict[str, np.ndarray]:
-        """As seqio's decoder converter: inputs are the targets shifted right within each
-        segment (START_ID at its start), loss on every token."""
+        """As seqio's decoder converters: inputs are the targets shifted right within each
+        segment (START_ID at its start); loss on every token, or, for rows of inputs then
+        targets (`inputs_width` given), on each segment's tokens from its inputs' width on."""
         targets, positions = packed["targets"], packed["targets_positions"]
         inputs = np.zeros_like(targets)
         inputs[:, 1:] = targets[:, :-1]
         inputs[positions == 0] = START_ID
+        weights = (targets != 0) & (positions >= packed.get("inputs_width", 0))
         return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets,
-                "decoder_loss_weights": (targets != 0).astype(np.int32),
+                "decoder_loss_weights": weights.astype(np.int32),
                 "decoder_segment_ids": packed["targets_segment_ids"],
                 "decoder_positions": positions}
 
