@@ -37,17 +37,19 @@ def corpus_task(train_files: Sequence[str] | str, validation_files: Sequence[str
     if validation_files:
         splits["validation"] = _matching(validation_files, "validation_files")
 
-    def read_split(split: str) -> tf.data.Dataset:
+    def read_files(files: list[epath.Path]) -> tf.data.Dataset:
         return tf.data.Dataset.from_generator(
-            lambda: ({"text": text} for text in documents(splits[split], text_key, chunk_chars)),
+            lambda: ({"text": text} for text in documents(files, text_key, chunk_chars)),
             output_signature={"text": tf.TensorSpec((), tf.string)})
 
     def identity(split: str) -> dict:
         return {"files": [_file_identity(path) for path in splits[split]],
                 "text_key": text_key, "chunk_chars": chunk_chars}
 
-    return register_lm_task(name, ShardFirstSource(read_split, list(splits), identity),
-                            vocabulary)
+    source = ShardFirstSource(lambda split: read_files(splits[split]), list(splits), identity,
+                              num_parts=lambda split: len(splits[split]),
+                              read_part=lambda split, part: read_files(splits[split][part:part + 1]))
+    return register_lm_task(name, source, vocabulary)
 
 
 def _matching(patterns: Sequence[str] | str, argument: str) -> list[epath.Path]:

@@ -32,12 +32,16 @@ class ShardableSource(seqio.DataSource):
 
 class ShardFirstSource(ShardableSource):
     """Examples from `read_split(split)`, a dataset in a fixed order. `identity(split)`,
-    if given, says what a split holds (a token store's fingerprint is made of it)."""
+    if given, says what a split holds (a token store's fingerprint is made of it).
+    `num_parts(split)` and `read_part(split, part)`, if given, split it into parts whose
+    datasets in order are `read_split`'s (a token store is built part by part)."""
 
     def __init__(self, read_split: Callable[[str], tf.data.Dataset], splits: Sequence[str],
-                 identity: Callable[[str], dict] | None = None):
+                 identity: Callable[[str], dict] | None = None,
+                 num_parts: Callable[[str], int] | None = None,
+                 read_part: Callable[[str, int], tf.data.Dataset] | None = None):
         self._read_split = read_split
-        self.identity = identity
+        self.identity, self.num_parts, self.read_part = identity, num_parts, read_part
         super().__init__(splits=tuple(splits))
 
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,

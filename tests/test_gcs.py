@@ -192,7 +192,9 @@ def test_token_stores_on_gcs_give_the_batches_of_local_ones(emulator, bucket, tm
         assert_same_batches(take(input_pipeline.train_batches(remote, position, 0, 1), 2),
                             take(input_pipeline.train_batches(local, position, 0, 1), 2))
     manifests = [name for name in _objects(f"{bucket}/stores") if name.endswith("manifest.json")]
-    assert len(manifests) == 1 and not list((tmp_path / "stores").glob("*/train/*/.partial*"))
+    assert len(manifests) == 2 and sum(name.endswith("/part-00000/manifest.json")
+                                       for name in manifests) == 1  # the store's and its part's
+    assert not list((tmp_path / "stores").glob("*/train/*/.partial*"))
 
 
 def test_a_missing_bucket_or_an_unsupported_scheme_ends_in_one_line(emulator, bucket, tmp_path):

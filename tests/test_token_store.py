@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import pathlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -176,8 +177,8 @@ def test_a_store_is_reused_and_rebuilt_when_its_text_changes(tmp_path):
     second = _stream(cfg).sources[0].store.directory
     assert second != first and TokenStore(first).manifest.fingerprint != TokenStore(
         second).manifest.fingerprint
-    digest = hashlib.sha256((second / "targets.tokens").read_bytes()).hexdigest()
-    assert digest != hashlib.sha256((first / "targets.tokens").read_bytes()).hexdigest()
+    digest = hashlib.sha256((second / "part-00000/targets.tokens").read_bytes()).hexdigest()
+    assert digest != hashlib.sha256((first / "part-00000/targets.tokens").read_bytes()).hexdigest()
 
 
 def test_a_checkpoint_of_the_seqio_stream_continues_on_it(text_task, stores):
@@ -271,5 +272,59 @@ def test_a_corpus_of_files_streams_into_a_store(tmp_path):
     for index, document in enumerate(expected):
         tokens = store.tokens("targets", offsets[index], offsets[index + 1])
         assert bytes((tokens[:-1] - 3).astype(np.uint8)) == document and tokens[-1] == 1
+    assert store.manifest.parts == ["part-00000", "part-00001", "part-00002"]  # one a file
     with pytest.raises(input_pipeline.ConfigError, match="no file matches"):
         corpus_task(train_files=[str(shards / "absent-*.jsonl")], name="store_test_none")
+
+
+def _corpus_of_files(directory, count: int) -> str:
+    from t5x_lite.data import corpus_task
+    directory.mkdir()
+    for index in range(count):
+        (directory / f"shard-{index}.txt").write_text(_lines(f"shard {index}", 40 + index))
+    return corpus_task(train_files=[str(directory / "shard-*.txt")], name="store_test_shards",
+                       chunk_chars=64)
+
+
+def _store_bytes(store: TokenStore) -> bytes:
+    return store.tokens("targets", 0, int(store.offsets("targets")[-1])).tobytes() + \
+        store.offsets("targets").tobytes()
+
+
+def test_builders_share_a_stores_parts_and_make_the_store_one_builder_makes(tmp_path):
+    from t5x_lite.pipeline import store_build
+    task = seqio.get_mixture_or_task(_corpus_of_files(tmp_path / "corpus", 5))
+    alone = store_build.store_for(task, "train", None, tmp_path / "alone")
+    assert store_build.store_for(task, "train", None, tmp_path / "shared", builder=(0, 2)) is None
+    written = sorted(p.name for p in (tmp_path / "shared").glob("*/*/*/part-*"))
+    assert written == ["part-00000", "part-00002", "part-00004"]
+    kept = os.stat(next((tmp_path / "shared").glob("*/*/*/part-00002/targets.tokens")))
+    shared = store_build.store_for(task, "train", None, tmp_path / "shared", builder=(1, 2))
+    assert shared is not None and _store_bytes(shared) == _store_bytes(alone)
+    assert len(alone.manifest.parts) == 5 and shared.manifest == alone.manifest
+    assert os.stat(str(shared.directory / "part-00002/targets.tokens")).st_mtime_ns == \
+        kept.st_mtime_ns  # a part already written is kept
+
+
+def test_build_data_in_two_processes_builds_one_store(tmp_path):
+    from tests.cli import run_processes
+    task_flags = [f"--gin.corpus_task.train_files=['{tmp_path / 'corpus'}/shard-*.txt']",
+                  "--gin.corpus_task.name='store_test_shards'", "--gin.corpus_task.chunk_chars=64",
+                  "--gin.MIXTURE_OR_TASK_NAME=@corpus_task()", "--gin.DataConfig.eval_split='train'",
+                  f"--gin.DataConfig.store_dir='{tmp_path / 'stores'}'"]
+    name = _corpus_of_files(tmp_path / "corpus", 4)
+    command = [sys.executable, "-m", "t5x_lite", "build-data", "--gin_file=quickstart.gin",
+               *task_flags]
+    results = run_processes(command, num_processes=2, devices_each=1)
+    assert [code for code, _ in results] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    first_builder = results[0][1]  # parts 1 and 3 of 4; the other process built 2 and 4
+    assert "part 1/4" in first_builder and "part 3/4" in first_builder
+    assert "part 2/4" not in first_builder and "part 4/4" not in first_builder
+    alone = store_build_alone(name, tmp_path / "alone")
+    built = TokenStore(next((tmp_path / "stores").glob("*/train/*")))
+    assert _store_bytes(built) == _store_bytes(alone)
+
+
+def store_build_alone(name: str, root) -> TokenStore:
+    from t5x_lite.pipeline import store_build
+    return store_build.store_for(seqio.get_mixture_or_task(name), "train", None, root)

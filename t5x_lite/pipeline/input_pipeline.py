@@ -175,14 +175,15 @@ def eval_batches(cfg: DataConfig, num_batches: int, process_index: int, process_
     return _process_rows(datasets, shards, cfg, cfg.eval_split)
 
 
-def build_stores(cfg: DataConfig) -> list[tuple[str, str, TokenStore]]:
+def build_stores(cfg: DataConfig, builder: tuple[int, int] = (0, 1)
+                 ) -> list[tuple[str, str, TokenStore | None]]:
     """(Task, split, store) for the train and eval splits of `cfg`'s Tasks, built where
-    missing: `t5x_lite build-data`."""
+    missing (by builder i of n: its share of the parts; None for a store not whole yet)."""
     built = []
     for split in dict.fromkeys(("train", cfg.eval_split)):
         for task in tasks_of(cfg.mixture_or_task_name):
             if split in task.splits:
-                built.append((task.name, split, _task_store(task, split, cfg)))
+                built.append((task.name, split, _task_store(task, split, cfg, builder)))
     return built
 
 
@@ -193,10 +194,11 @@ def store_lengths(cfg: DataConfig) -> dict[str, int] | None:
     return dict(cfg.task_feature_lengths) if _is_instruction_data(cfg) else None
 
 
-def _task_store(task: seqio.Task, split: str, cfg: DataConfig) -> TokenStore:
+def _task_store(task: seqio.Task, split: str, cfg: DataConfig,
+                builder: tuple[int, int] = (0, 1)) -> TokenStore | None:
     try:
         return store_build.store_for(task, split, store_lengths(cfg), cfg.store_dir,
-                                     progress=jax.process_index() == 0)
+                                     progress=jax.process_index() == 0, builder=builder)
     except store_build.NotMaterialisable as reason:
         raise ConfigError(f"Task '{task.name}' cannot be written to a token store: {reason}; "
                           "set DataConfig.stream = 'skip'.") from None
@@ -396,7 +398,14 @@ def _process_rows(datasets: list[tf.data.Dataset], shards: list[int], cfg: DataC
 
 def build_data_command(cfg: DataConfig) -> None:
     """`t5x_lite build-data`: builds the stores a training run of `cfg` reads, and says
-    where they are."""
+    where they are. Several processes share out the parts of each store; then the first
+    writes what is left (all of it, where it cannot see the others' store directory)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        build_stores(cfg, (jax.process_index(), jax.process_count()))
+        multihost_utils.sync_global_devices("token store parts built")
+        if jax.process_index():
+            return
     for task, split, store in build_stores(cfg):
         tokens = sum(sizes["tokens"] for sizes in store.manifest.features.values())
         print(f"{task}/{split}: {store.num_examples:,} examples, {tokens:,} tokens in "
