@@ -97,6 +97,9 @@ COMMANDS = {"train": _train, "build-data": _build_data, "build-vocab": _build_vo
             "plan": _plan}
 
 
+COMPILING_COMMANDS = ("train", "eval", "infer")
+
+
 def _exit_with(command: str, message: str, code: int) -> None:
     print(f"t5x_lite {command}: {message}", file=sys.stderr)
     sys.exit(code)
@@ -106,6 +109,9 @@ def _main(args: argparse.Namespace) -> None:
     logging.set_verbosity(logging.WARNING)
     if args.command != "supervise":  # the supervisor only watches; its child starts quietly
         quiet.quiet_start()
+    if args.command in COMPILING_COMMANDS:
+        from t5x_lite.config import compilation_cache
+        compilation_cache.enable()
     from t5x_lite.resilience.preemption import Preempted
     from t5x_lite.resilience.recovery import Diverged
     try:
