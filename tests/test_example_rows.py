@@ -87,6 +87,19 @@ def test_a_stream_resumed_at_its_cursor_continues_it(qa_task, stores, continuous
     assert_same_batches(list(itertools.islice(resumed, 3)), batches[consumed:consumed + 3])
 
 
+@pytest.mark.parametrize("window", [1, 2, 3])
+def test_rows_from_a_window_boundary_are_the_same_from_any_earlier_cursor(qa_task, stores,
+                                                                         continuous, window):
+    batches, _ = continuous
+    stream = _stream(_config(qa_task, stores))
+    starts = np.cumsum([0] + [stream.window(w).num_rows for w in range(window)])
+    rows = {key: np.concatenate([batch[key] for batch in batches])[starts[-1]:starts[-1] + 6]
+            for key in batches[0]}
+    for earlier, first_row in enumerate(starts):
+        packed = stream.packed_rows(int(starts[-1]), 6, WindowCursor(earlier, int(first_row)))
+        assert_same_batches([family_lib.default().packed_features(packed)], [rows])
+
+
 def test_the_cursors_cross_windows_and_epochs(qa_task, stores, continuous):
     _, cursors = continuous
     stream = _stream(_config(qa_task, stores))

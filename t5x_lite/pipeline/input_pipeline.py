@@ -5,10 +5,9 @@ token store and batch i is computed from the stores by index arithmetic
 (`store_stream`), so a resume or a rollback reaches any position at once and each
 process reads only its own rows. `skip`: the seqio pipeline itself, replayed from the
 start to reach a position, for Tasks that cannot be stored. `auto` (the default) is
-`store` for packed data whose sources say what they read, else `skip`. Language-modeling
-rows are cut from the stores by index arithmetic (`store_stream`); rows of whole examples
-with inputs and targets are packed window by window (`example_rows`), and a window
-cursor says where the windows of the next row start.
+`store` for packed data whose sources say what they read, else `skip`. On stores, rows of
+whole examples with inputs and targets are packed window by window instead
+(`example_rows`), found from the window cursor each checkpoint records.
 
 The skip stream is made of S = `num_data_shards` shard pipelines. Shard s reads
 the s-th of S slices of the data, shuffles it with a seed derived from (seed, s),
