@@ -11,3 +11,4 @@ def register_configurables() -> None:
     from t5x_lite.pipeline import input_pipeline  # noqa: F401
     from t5x_lite.train import optim, trainer  # noqa: F401
     from t5x_lite.models.decoder import config  # noqa: F401
+    from t5x_lite.models.encdec import config as encdec_config  # noqa: F401

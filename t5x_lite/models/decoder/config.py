@@ -7,13 +7,7 @@ import jax
 
 from t5x_lite.errors import ConfigError
 
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "everything": jax.checkpoint_policies.everything_saveable,
-}
+from t5x_lite.models.layer_stack import REMAT_POLICIES
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # "cudnn" is cuDNN's fused (flash) attention on NVIDIA GPUs, bfloat16 only; "xla" runs anywhere.
@@ -70,16 +64,22 @@ class DecoderConfig:
 
     def with_vocab(self, task_vocab_size: int) -> "DecoderConfig":
         """Resolves `vocab_size` against the task's vocabulary."""
-        if self.vocab_size is None:
-            rounded = -(-task_vocab_size // self.vocab_multiple) * self.vocab_multiple
-            return dataclasses.replace(self, vocab_size=rounded)
-        if self.vocab_size < task_vocab_size:
-            raise ConfigError(
-                f"DecoderConfig.vocab_size={self.vocab_size} is smaller than the task "
-                f"vocabulary ({task_vocab_size}); set it to None or at least {task_vocab_size}."
-            )
-        return self
+        return with_vocab(self, task_vocab_size)
 
     @property
     def compute_dtype(self):
         return jax.numpy.dtype(self.dtype)
+
+
+def with_vocab(cfg, task_vocab_size: int):
+    """A family config (with `vocab_size` and `vocab_multiple`) with its `vocab_size`
+    resolved against the task's vocabulary: None becomes the task's size rounded up to a
+    multiple of `vocab_multiple`; a size below the task's is refused."""
+    if cfg.vocab_size is None:
+        rounded = -(-task_vocab_size // cfg.vocab_multiple) * cfg.vocab_multiple
+        return dataclasses.replace(cfg, vocab_size=rounded)
+    if cfg.vocab_size < task_vocab_size:
+        raise ConfigError(
+            f"{type(cfg).__name__}.vocab_size={cfg.vocab_size} is smaller than the task "
+            f"vocabulary ({task_vocab_size}); set it to None or at least {task_vocab_size}.")
+    return cfg

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from t5x_lite.models.decoder.config import REMAT_POLICIES, DecoderConfig
+from t5x_lite.models import layer_stack
+from t5x_lite.models.decoder.config import DecoderConfig
 from t5x_lite.models.decoder.layers import DecoderBlock, RMSNorm, attention_mask, param
 from t5x_lite.parallel.partitioning import constrain
 
@@ -34,20 +35,6 @@ def init_cache(cfg: DecoderConfig, batch: int, length: int) -> KVCache:
     return KVCache(zeros_LBSKH, zeros_LBSKH)
 
 
-def _stacked_blocks(cfg: DecoderConfig, rngs: nnx.Rngs) -> DecoderBlock:
-    @nnx.split_rngs(splits=cfg.num_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=cfg.num_layers)
-    def make(block_rngs):
-        return DecoderBlock(cfg, block_rngs)
-
-    blocks = make(rngs)
-    for _, variable in nnx.iter_graph(blocks):
-        if isinstance(variable, nnx.Param):
-            axes = variable.get_metadata()["logical_axes"]
-            variable.set_metadata(logical_axes=("layers", *axes))
-    return blocks
-
-
 class Decoder(nnx.Module):
     def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs):
         if cfg.vocab_size is None:
@@ -56,7 +43,8 @@ class Decoder(nnx.Module):
         V, D = cfg.vocab_size, cfg.embed_dim
         self.embed_VD = param(rngs, (V, D), ("vocab", "embed"), cfg.init_std)
         if cfg.scan_layers:
-            self.blocks = _stacked_blocks(cfg, rngs)
+            self.blocks = layer_stack.stacked_blocks(
+                lambda block_rngs: DecoderBlock(cfg, block_rngs), cfg.num_layers, rngs)
         else:
             for i in range(cfg.num_layers):
                 setattr(self, f"layer_{i}", DecoderBlock(cfg, rngs))
@@ -70,10 +58,12 @@ class Decoder(nnx.Module):
         x_BTD = self._embed(input_tokens_BT)
         mask_B1TS = attention_mask(segment_ids_BT)
         if cfg.scan_layers:
-            x_BTD = self._run_scanned(x_BTD, positions_BT, mask_B1TS)
+            x_BTD = layer_stack.run_scanned(self.blocks, x_BTD, cfg.remat_policy, positions_BT,
+                                            mask_B1TS)
         else:
             for i in range(cfg.num_layers):
-                x_BTD = self._remat(getattr(self, f"layer_{i}"))(x_BTD, positions_BT, mask_B1TS)
+                block = layer_stack.remat(getattr(self, f"layer_{i}"), cfg.remat_policy)
+                x_BTD = block(x_BTD, positions_BT, mask_B1TS)
         return self._logits(x_BTD)
 
     def decode(self, tokens_BT, positions_BT, mask_B1TS, cache: KVCache, index):
@@ -105,24 +95,6 @@ class Decoder(nnx.Module):
         head_DV = self.embed_VD[...].T if cfg.tie_embeddings else self.lm_head_DV[...]
         logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, head_DV.astype(cfg.compute_dtype))
         return constrain(logits_BTV.astype(jnp.float32), ("batch", "length", "vocab"))
-
-    def _remat(self, fn):
-        """`fn` (a block or the scan body) under the configured rematerialization policy."""
-        if self.cfg.remat_policy == "none":
-            return fn
-        policy = REMAT_POLICIES[self.cfg.remat_policy]
-        return nnx.remat(fn, policy=policy) if isinstance(fn, nnx.Module) else jax.checkpoint(
-            fn, policy=policy)
-
-    def _run_scanned(self, x_BTD, positions_BT, mask_B1TS):
-        graphdef, stacked_state = nnx.split(self.blocks)
-
-        def body(carry_BTD, layer_state):
-            block = nnx.merge(graphdef, layer_state)
-            return block(carry_BTD, positions_BT, mask_B1TS), None
-
-        x_BTD, _ = jax.lax.scan(self._remat(body), x_BTD, stacked_state)
-        return x_BTD
 
     def _decode_scanned(self, x_BTD, positions_BT, mask_B1TS, cache: KVCache, index):
         graphdef, stacked_state = nnx.split(self.blocks)
