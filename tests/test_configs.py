@@ -42,3 +42,30 @@ def test_7b_has_the_llama_2_shape():
     assert (cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim,
             cfg.vocab_size) == (32, 4096, 32, 128, 11008, 32000)
     assert not cfg.tie_embeddings
+
+
+# The parameter counts of Google's T5 v1.1 checkpoints (google/t5-v1_1-*) as transformers
+# counts them, with T5's 32,128-token vocabulary; xxl is published as "11B".
+T5_V1_1_PARAMS = {"small": 76_961_152, "base": 247_577_856, "large": 783_150_080,
+                  "xl": 2_849_757_184, "xxl": (11.0e9, 11.2e9)}
+
+
+@pytest.mark.parametrize("size", list(T5_V1_1_PARAMS))
+def test_encoder_decoder_sizes_have_the_t5_v1_1_parameter_counts(size):
+    from flax import nnx
+
+    from t5x_lite.models.encdec.config import EncDecConfig
+    from t5x_lite.models.encdec.model import EncoderDecoder
+    gin.clear_config()
+    gin_config.parse([f"models/encdec/{size}.gin"], [])
+    try:
+        cfg = EncDecConfig().with_vocab(32100)  # T5's 32,000 pieces and 100 extra ids
+    finally:
+        gin.clear_config()
+    model = nnx.eval_shape(lambda: EncoderDecoder(cfg, nnx.Rngs(0)))
+    count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    expected = T5_V1_1_PARAMS[size]
+    if isinstance(expected, tuple):
+        assert expected[0] <= count <= expected[1], f"{size}: {count:,}"
+    else:
+        assert count == expected, f"{size}: {count:,}"

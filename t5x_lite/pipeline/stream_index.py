@@ -44,6 +44,12 @@ def _mix64_array(values: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def keyed_draws(count: int, key: int) -> np.ndarray:
+    """`count` distinct 64-bit draws: splitmix64's stream for `key`, uint64[count]."""
+    counters = np.uint64(key) + np.arange(count, dtype=np.uint64) * np.uint64(_GOLDEN)
+    return _mix64_array(counters)  # a bijection, so the draws differ
+
+
 def _round_keys(key: int) -> tuple[int, ...]:
     if not 0 <= key <= MASK64:
         raise ValueError(f"key {key} is not a 64-bit unsigned integer")
