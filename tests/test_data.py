@@ -134,11 +134,14 @@ def mixture_batches():
     return take(input_pipeline.train_batches(cfg, 0, 0, 1), 6)
 
 
-def test_same_seed_and_position_give_identical_batches_and_resume_matches(mixture_batches):
+def test_same_seed_and_position_give_identical_batches_and_resume_matches(mixture_batches,
+                                                                         capsys):
     cfg = _config("embedded", num_data_shards=2)
     resumed = take(input_pipeline.train_batches(cfg, start_position=4, process_index=0,
                                                  process_count=1), 2)
     assert_same_batches(resumed, mixture_batches[4:6])
+    said = capsys.readouterr().err
+    assert "replaying 4 batches" in said and re.search(r"replayed 4 batches in [\d.]+ s", said)
 
 
 def test_different_seeds_give_different_batches(mixture_batches):

@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import itertools
 import sys
+import time
 from collections.abc import Iterator, Mapping
 
 import gin
@@ -154,7 +155,21 @@ def train_batches(cfg: DataConfig, start_position: int, process_index: int, proc
     datasets = [_shard_batches(cfg, converter, shard, "train", cfg.shuffle,
                                _shard_seed(cfg.seed, shard)).skip(start_position)
                 for shard in shards]
-    return Batches((batch, None) for batch in _process_rows(datasets, shards, cfg, "train"))
+    batches = _process_rows(datasets, shards, cfg, "train")
+    return Batches((batch, None) for batch in _timed_replay(batches, start_position))
+
+
+def _timed_replay(batches: Iterator, start_position: int) -> Iterator:
+    """`batches`, saying how long reaching `start_position` took once the first arrives."""
+    started = time.perf_counter()
+    for index, batch in enumerate(batches):
+        if index == 0 and start_position:
+            seconds = time.perf_counter() - started
+            print(f"data: replayed {start_position} batches in {seconds:.1f} s "
+                  f"({1000 * seconds / start_position:.2f} ms a batch; every resume and "
+                  "rollback of this run pays it again, growing with the position)",
+                  file=sys.stderr)
+        yield batch
 
 
 def eval_batches(cfg: DataConfig, num_batches: int, process_index: int, process_count: int,
