@@ -7,7 +7,8 @@ what the model predicts after the prompt's last token is its continuation.
 
 Batched prompts are left-padded: every row's prompt ends at slot P - 1; the
 family's `prefill` and `extend` run them and each new token (the decoder with a
-KV cache).
+KV cache; the encoder-decoder encodes the prompt without the start token, as its
+training inputs have none, and starts its decoder from the start token).
 
 Log-probs are those of the model's distribution (log-softmax of the logits,
 before temperature, top-k or top-p), so a row's score does not depend on the

@@ -53,6 +53,7 @@ class ModelFamily(abc.ABC):
 
     name: ClassVar[str]
     config_type: ClassVar[type]
+    reads_token_stores: ClassVar[bool] = False  # True where `packed_features` is implemented
 
     def resolve(self, cfg, task_vocab_size: int):
         """`cfg` with what depends on the task filled in (vocabulary size), checked."""
@@ -88,7 +89,9 @@ class ModelFamily(abc.ABC):
 
     @abc.abstractmethod
     def example_batch(self, inputs, targets, length: int | None) -> dict:
-        """A host batch in `features` layout scoring `targets` after `inputs` (token ids)."""
+        """A host batch in `features` layout scoring `targets` after `inputs` (token ids).
+        `length` (None: as long as the rows need) fixes the rows' width so that batches
+        share one compiled program; callers pass at least the longest inputs + targets."""
 
     @abc.abstractmethod
     def score(self, cfg, model: nnx.Module, batch: Mapping[str, jax.Array]) -> jax.Array:

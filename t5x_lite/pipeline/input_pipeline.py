@@ -218,6 +218,17 @@ def _task_store(task: seqio.Task, split: str, cfg: DataConfig,
                           "set DataConfig.stream = 'skip'.") from None
 
 
+def for_family(cfg: DataConfig, family: family_lib.ModelFamily) -> DataConfig:
+    """`cfg` as `family` can read it: a family that cannot read token-store rows takes
+    the seqio stream where `cfg` lets the stream be chosen, and refuses `store`."""
+    if family.reads_token_stores or cfg.stream == "skip":
+        return cfg
+    if cfg.stream == "store":
+        raise ConfigError(f"the {family.name} family does not read token stores yet: set "
+                          "DataConfig.stream = 'skip' (or 'auto').")
+    return dataclasses.replace(cfg, stream="skip")
+
+
 def uses_store(cfg: DataConfig) -> bool:
     """Whether `cfg` reads token stores: `store`, or `auto` for packed data whose every
     Task's source says what it reads."""

@@ -132,10 +132,11 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     # Bad input is refused before anything is written under MODEL_DIR.
     model_dir = storage.check_model_dir(model_dir)
     _check_train_steps(train_steps)
+    family = family_lib.for_config(model_config)
+    data = input_pipeline.for_family(data, family)
     input_pipeline.validate(data, jax.process_index(), jax.process_count())
     vocab = input_pipeline.output_vocabulary(data.mixture_or_task_name)
     mesh = partitioning.create_mesh(mesh_shape, dcn_mesh_shape=dcn_mesh_shape)
-    family = family_lib.for_config(model_config)
     setup = build_setup(family.resolve(model_config, vocab.vocab_size), data, num_microbatches,
                         mesh)
     check_batch_layout(setup)

@@ -9,7 +9,6 @@ import math
 from collections.abc import Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -17,7 +16,7 @@ from t5x_lite.models import family as family_lib
 from t5x_lite.models.decoder import generate
 from t5x_lite.models.decoder.config import DecoderConfig
 from t5x_lite.models.decoder.model import Decoder
-from t5x_lite.models.losses import cross_entropy_sums
+from t5x_lite.models.losses import cross_entropy_sums, target_log_likelihood
 
 FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
             "decoder_segment_ids", "decoder_positions")
@@ -27,6 +26,7 @@ START_ID = 0
 class DecoderFamily(family_lib.ModelFamily):
     name = "decoder"
     config_type = DecoderConfig
+    reads_token_stores = True
 
     def resolve(self, cfg: DecoderConfig, task_vocab_size: int) -> DecoderConfig:
         return cfg.with_vocab(task_vocab_size)
@@ -88,12 +88,8 @@ class DecoderFamily(family_lib.ModelFamily):
         return batch
 
     def score(self, cfg, model: Decoder, batch) -> jax.Array:
-        logits_BTV = self.logits(cfg, model, batch)
-        log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-        target_BT1 = batch["decoder_target_tokens"][..., None]
-        target_logit_BT = jnp.take_along_axis(logits_BTV, target_BT1, axis=-1)[..., 0]
-        weights_BT = batch["decoder_loss_weights"].astype(jnp.float32)
-        return jnp.sum((target_logit_BT - log_z_BT) * weights_BT, axis=-1)
+        return target_log_likelihood(self.logits(cfg, model, batch),
+                                     batch["decoder_target_tokens"], batch["decoder_loss_weights"])
 
     def prefill(self, cfg, model: Decoder, prompts_BP, starts_B, num_slots: int):
         return generate.prefill(model, prompts_BP, starts_B, num_slots)

@@ -50,9 +50,14 @@ def relative_position_bucket(relative_position, bidirectional: bool, num_buckets
 
 
 def relative_bias(table_RN: jax.Array, query_length: int, key_length: int,
-                  bidirectional: bool, max_distance: int) -> jax.Array:
-    """Float32 position bias [1, N, T, S] from a bucket table, by index within the row."""
-    relative_TS = jnp.arange(key_length)[None, :] - jnp.arange(query_length)[:, None]
+                  bidirectional: bool, max_distance: int, query_offset=0) -> jax.Array:
+    """Float32 position bias [1, N, T, S] from a bucket table, by index within the row.
+
+    Queries sit at indices `query_offset + t` (an int or a traced scalar: new tokens of a
+    cached decode), keys at 0 .. S - 1.
+    """
+    query_T = query_offset + jnp.arange(query_length)
+    relative_TS = jnp.arange(key_length)[None, :] - query_T[:, None]
     buckets_TS = relative_position_bucket(relative_TS, bidirectional, table_RN.shape[0],
                                           max_distance)
     bias_TSN = jnp.take(table_RN.astype(jnp.float32), buckets_TS, axis=0)
@@ -84,9 +89,31 @@ class Attention(nnx.Module):
         self.dtype = cfg.compute_dtype
 
     def __call__(self, x_BTD, kv_BSD, mask_B1TS, bias_1NTS=None):
-        q_BTNH = self._project(x_BTD, self.q_DNH)
-        k_BSNH = self._project(kv_BSD, self.k_DNH)
-        v_BSNH = self._project(kv_BSD, self.v_DNH)
+        k_BSNH, v_BSNH = self.keys_values(kv_BSD)
+        return self.attend(self.query(x_BTD), k_BSNH, v_BSNH, mask_B1TS, bias_1NTS)
+
+    def query(self, x_BTD):
+        return self._project(x_BTD, self.q_DNH)
+
+    def keys_values(self, kv_BSD):
+        """Keys and values [B, S, N, H] of the tokens in kv."""
+        return self._project(kv_BSD, self.k_DNH), self._project(kv_BSD, self.v_DNH)
+
+    def decode(self, x_BTD, k_BSNH, v_BSNH, index, mask_B1TS, bias_1NTS=None):
+        """Self-attention of T new tokens over a cache of S slots.
+
+        Their keys and values are written into the cache at slots [index, index + T)
+        first; `mask_B1TS` says which slots each query sees. Returns (output, updated key
+        cache, updated value cache).
+        """
+        new_k_BTNH, new_v_BTNH = self.keys_values(x_BTD)
+        k_BSNH = _write_cache(k_BSNH, new_k_BTNH, index)
+        v_BSNH = _write_cache(v_BSNH, new_v_BTNH, index)
+        out_BTD = self.attend(self.query(x_BTD), k_BSNH, v_BSNH, mask_B1TS, bias_1NTS)
+        return out_BTD, k_BSNH, v_BSNH
+
+    def attend(self, q_BTNH, k_BSNH, v_BSNH, mask_B1TS, bias_1NTS=None):
+        """The output [B, T, D] of queries over given keys and values."""
         logits_BNTS = jnp.einsum("BTNH,BSNH->BNTS", q_BTNH, k_BSNH,
                                  preferred_element_type=jnp.float32)
         if bias_1NTS is not None:
@@ -100,6 +127,13 @@ class Attention(nnx.Module):
     def _project(self, x_BTD, w_DNH):
         out_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, w_DNH[...].astype(self.dtype))
         return constrain(out_BTNH, ("batch", "length", "heads", "head_dim"))
+
+
+def _write_cache(cache_BSNH, new_BTNH, index):
+    """The cache with slots [index, index + T) replaced by the new keys or values."""
+    cache_BSNH = jax.lax.dynamic_update_slice_in_dim(
+        cache_BSNH, new_BTNH.astype(cache_BSNH.dtype), index, axis=1)
+    return constrain(cache_BSNH, ("batch", "length", "heads", "head_dim"))
 
 
 class GatedMLP(nnx.Module):
@@ -155,3 +189,22 @@ class DecoderBlock(nnx.Module):
                                         cross_mask_B1TS)
         x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
         return constrain(x_BTD, ("batch", "length", "embed"))
+
+    def cross_keys_values(self, encoded_BSD):
+        """The cross-attention's keys and values [B, S, N, H] of the encoder output."""
+        return self.cross_attn.keys_values(encoded_BSD)
+
+    def decode(self, x_BTD, self_k_BTNH, self_v_BTNH, index, self_mask_B1TT, bias_1NTT,
+               cross_k_BSNH, cross_v_BSNH, cross_mask_B1TS):
+        """The block on T new tokens at cache slots [index, index + T): self-attention over
+        this layer's cache, cross-attention over the precomputed encoder keys and values.
+        Returns (output, updated self-attention key cache, value cache)."""
+        attn_BTD, self_k_BTNH, self_v_BTNH = self.self_attn.decode(
+            self.self_attn_norm(x_BTD), self_k_BTNH, self_v_BTNH, index, self_mask_B1TT,
+            bias_1NTT)
+        x_BTD = x_BTD + attn_BTD
+        q_BTNH = self.cross_attn.query(self.cross_attn_norm(x_BTD))
+        x_BTD = x_BTD + self.cross_attn.attend(q_BTNH, cross_k_BSNH, cross_v_BSNH,
+                                               cross_mask_B1TS)
+        x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
+        return constrain(x_BTD, ("batch", "length", "embed")), self_k_BTNH, self_v_BTNH

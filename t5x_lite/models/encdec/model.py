@@ -14,7 +14,15 @@ With `scan_layers` the blocks of each stack are stored stacked (leading
 `layers` axis) as `encoder_blocks` / `decoder_blocks` and run under
 `jax.lax.scan`; otherwise they are separate modules `encoder_layer_{i}` /
 `decoder_layer_{i}` run in a Python loop.
+
+Cached prediction: `init_cache` encodes the input once and precomputes every decoder
+layer's cross-attention keys and values of it; `decode` then runs new decoder tokens
+against a `DecodeCache` (self-attention keys and values in preallocated slots, one per
+decoder position; all per-layer arrays stacked along a leading layers axis in both
+layouts) and returns the next-token logits and the updated cache.
 """
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +34,21 @@ from t5x_lite.models.encdec.config import EncDecConfig
 from t5x_lite.models.encdec.layers import (DecoderBlock, EncoderBlock, causal_segment_mask,
                                            relative_bias, segment_mask)
 from t5x_lite.parallel.partitioning import constrain
+
+
+CACHE_AXES = ("layers", "batch", "length", "heads", "head_dim")
+
+
+class DecodeCache(NamedTuple):
+    """What a cached decode keeps between steps. The decoder's self-attention keys and
+    values have one slot per decoder position (slot t holds position t); the
+    cross-attention keys and values are those of the encoder output, computed once."""
+
+    self_k_LBTNH: jax.Array
+    self_v_LBTNH: jax.Array
+    cross_k_LBSNH: jax.Array
+    cross_v_LBSNH: jax.Array
+    encoder_segment_ids_BS: jax.Array
 
 
 class EncoderDecoder(nnx.Module):
@@ -75,6 +98,74 @@ class EncoderDecoder(nnx.Module):
         y_BTD = self._run_stack("decoder", self.cfg.num_decoder_layers, y_BTD, encoded_BSD,
                                 self_mask_B1TT, bias_1NTT, cross_mask_B1TS)
         return self._logits(self.decoder_norm(y_BTD))
+
+    def init_cache(self, encoder_tokens_BS, encoder_segment_ids_BS,
+                   decode_length: int) -> DecodeCache:
+        """Encodes the input and returns a fresh cache of `decode_length` decoder slots."""
+        cfg = self.cfg
+        encoded_BSD = self.encode(encoder_tokens_BS, encoder_segment_ids_BS)
+        if cfg.scan_layers:
+            graphdef, stacked_state = nnx.split(self.decoder_blocks)
+
+            def body(_, layer_state):
+                return None, nnx.merge(graphdef, layer_state).cross_keys_values(encoded_BSD)
+
+            _, (cross_k_LBSNH, cross_v_LBSNH) = jax.lax.scan(body, None, stacked_state)
+        else:
+            per_layer = [getattr(self, f"decoder_layer_{i}").cross_keys_values(encoded_BSD)
+                         for i in range(cfg.num_decoder_layers)]
+            cross_k_LBSNH = jnp.stack([k for k, _ in per_layer])
+            cross_v_LBSNH = jnp.stack([v for _, v in per_layer])
+        shape = (cfg.num_decoder_layers, encoder_tokens_BS.shape[0], decode_length,
+                 cfg.num_heads, cfg.head_dim)
+        zeros_LBTNH = jnp.zeros(shape, cfg.compute_dtype)
+        arrays = (zeros_LBTNH, zeros_LBTNH, cross_k_LBSNH, cross_v_LBSNH)
+        return DecodeCache(*(constrain(x, CACHE_AXES) for x in arrays),
+                           jnp.asarray(encoder_segment_ids_BS, jnp.int32))
+
+    def decode(self, tokens_BT, cache: DecodeCache, index):
+        """Runs T new decoder tokens at decoder positions (and cache slots)
+        [index, index + T), each seeing the slots up to its own and the encoder's
+        non-padding tokens. Returns (float32 logits [B, V] for the token after the last
+        new one, updated cache)."""
+        cfg = self.cfg
+        length, num_slots = tokens_BT.shape[1], cache.self_k_LBTNH.shape[2]
+        query_T = index + jnp.arange(length)
+        self_mask_11TS = (jnp.arange(num_slots)[None, :] <= query_T[:, None])[None, None]
+        cross_mask_B11S = (cache.encoder_segment_ids_BS != 0)[:, None, None, :]
+        bias_1NTS = relative_bias(self.decoder_relpos_RN[...], length, num_slots,
+                                  bidirectional=False, max_distance=cfg.relative_max_distance,
+                                  query_offset=index)
+        y_BTD = self._embed(tokens_BT)
+        layer_arrays = (cache.self_k_LBTNH, cache.self_v_LBTNH, cache.cross_k_LBSNH,
+                        cache.cross_v_LBSNH)
+
+        def run_block(block, y_BTD, self_k, self_v, cross_k, cross_v):
+            return block.decode(y_BTD, self_k, self_v, index, self_mask_11TS, bias_1NTS,
+                                cross_k, cross_v, cross_mask_B11S)
+
+        if cfg.scan_layers:
+            graphdef, stacked_state = nnx.split(self.decoder_blocks)
+
+            def body(carry_BTD, layer):
+                layer_state, *arrays = layer
+                carry_BTD, self_k, self_v = run_block(nnx.merge(graphdef, layer_state),
+                                                      carry_BTD, *arrays)
+                return carry_BTD, (self_k, self_v)
+
+            y_BTD, (self_k_LBTNH, self_v_LBTNH) = jax.lax.scan(
+                body, y_BTD, (stacked_state, *layer_arrays))
+        else:
+            self_k_LBTNH, self_v_LBTNH = cache.self_k_LBTNH, cache.self_v_LBTNH
+            for i in range(cfg.num_decoder_layers):
+                y_BTD, self_k, self_v = run_block(
+                    getattr(self, f"decoder_layer_{i}"), y_BTD, self_k_LBTNH[i],
+                    self_v_LBTNH[i], cache.cross_k_LBSNH[i], cache.cross_v_LBSNH[i])
+                self_k_LBTNH = self_k_LBTNH.at[i].set(self_k)
+                self_v_LBTNH = self_v_LBTNH.at[i].set(self_v)
+        cache = cache._replace(self_k_LBTNH=constrain(self_k_LBTNH, CACHE_AXES),
+                               self_v_LBTNH=constrain(self_v_LBTNH, CACHE_AXES))
+        return self._logits(self.decoder_norm(y_BTD[:, -1:]))[:, 0], cache
 
     def _build_stack(self, prefix: str, block_cls, num_layers: int, rngs: nnx.Rngs):
         cfg = self.cfg
