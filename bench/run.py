@@ -135,12 +135,16 @@ def present_results(names: list[str], out_dir: pathlib.Path) -> dict[str, dict]:
 
 
 def rewrite_benchmarks(path: pathlib.Path, sections: list[tuple[str, str]],
-                       all_results: dict[str, dict], out_dir: pathlib.Path) -> None:
-    """Replaces each (title, body) section in place and the summary at the top."""
+                       all_results: dict[str, dict], out_dir: pathlib.Path,
+                       suites: tuple[str, ...] = ()) -> None:
+    """Replaces each (title, body) section in place and the summary at the top (keeping
+    the rows of the `suites` with no results in `out_dir`)."""
     document = path.read_text() if path.exists() else markdown.INTRO
     for title, body in sections:
         document = markdown.replace_section(document, title, body)
-    summary = markdown.summary_body(all_results, harness.shown_path(out_dir))
+    summary = markdown.summary_body(all_results, harness.shown_path(out_dir),
+                                    markdown.section_body(document, markdown.SUMMARY_TITLE),
+                                    suites)
     document = markdown.replace_section(document, markdown.SUMMARY_TITLE, summary, at_top=True)
     harness.write_atomically(path, document)
 
@@ -174,7 +178,7 @@ def run(argv: list[str]) -> int:
             print(f"bench/run.py: {_one_line(error)}", file=sys.stderr, flush=True)
             failed.append(name)
     rewrite_benchmarks(args.markdown.resolve(), sections, present_results(list(suites), out_dir),
-                       out_dir)
+                       out_dir, tuple(suites))
     print(f"rewrote {harness.shown_path(args.markdown.resolve())}"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

@@ -95,6 +95,25 @@ def test_summary_goes_first_and_lists_every_target():
     assert "| fast | loss | — | <= 2 | not measured |" in lines
 
 
+def test_the_summary_keeps_the_rows_of_suites_without_results_here(tmp_path):
+    old = markdown.summary_body({name: {"date": date, "targets": [
+        {"name": f"{name} goal", "value": 1.0, "goal": "<= 2", "met": True}]}
+        for name, date in (("alpha", "2026-01-01 00:00 UTC"), ("gamma", "2026-01-03 00:00 UTC"))},
+        "bench/results")
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(markdown.replace_section(markdown.INTRO, "Summary", old, at_top=True))
+    run.rewrite_benchmarks(path, [], {"beta": {"date": "2026-01-02 00:00 UTC", "targets": [
+        {"name": "beta goal", "value": 3.0, "goal": "<= 2", "met": False}]}}, tmp_path,
+        ("alpha", "beta", "gamma"))
+    lines = path.read_text().splitlines()
+    rows = [line for line in lines if line.startswith("| ") and "goal |" in line
+            and not line.startswith("| suite |")]
+    assert rows == ["| alpha | alpha goal | 1 | <= 2 | met |",
+                    "| beta | beta goal | 3 | <= 2 | not met |",
+                    "| gamma | gamma goal | 1 | <= 2 | met |"]
+    assert any("taken 2026-01-01 00:00 UTC to 2026-01-03 00:00 UTC" in line for line in lines)
+
+
 def test_suite_flags_go_to_their_suite():
     args, flags = run.parse_args(["--suites", "a,b", "--a.steps", "20", "--a.skip_torch",
                                   "--b.text=/x.txt", "--out_dir", "/tmp/o"])
