@@ -98,15 +98,13 @@ class ExampleStream:
         """Window `index`: its examples and where each of its rows starts."""
         first = index * self.window_examples
         stream_examples = np.arange(first, first + self.window_examples, dtype=np.int64)
-        sources, examples = self.pattern.locate_array(stream_examples)
+        sources, examples = stream_index.mixture_rows(
+            self.pattern, stream_examples, [source.num_examples for source in self.sources],
+            self.seed, self.names, self.shuffle)
         lengths = np.zeros(len(sources), np.int64)
         for source_id in np.unique(sources):
             chosen = sources == source_id
-            source = self.sources[source_id]
-            _, examples[chosen] = stream_index.epoch_rows(
-                examples[chosen], source.num_examples, self.seed, self.names[source_id],
-                self.shuffle)
-            lengths[chosen] = source.lengths[examples[chosen]]
+            lengths[chosen] = self.sources[source_id].lengths[examples[chosen]]
         return _Window(sources, examples, next_fit(lengths, self.row_length))
 
     def cursor_at(self, row: int, cursor: WindowCursor) -> WindowCursor:

@@ -61,12 +61,11 @@ class StoreStream:
         """Rows `global_rows` of the stream, in seqio's packed layout."""
         length = self.sources[0].length
         packed = {key: np.zeros((len(global_rows), length), np.int32) for key in PACKED_KEYS}
-        source_ids, indices = self.pattern.locate_array(np.asarray(global_rows, np.int64))
+        source_ids, rows = stream_index.mixture_rows(
+            self.pattern, global_rows, [source.num_rows for source in self.sources], self.seed,
+            self.names, self.shuffle)
         for source_id in np.unique(source_ids):
             chosen = source_ids == source_id
-            source = self.sources[source_id]
-            _, rows = stream_index.epoch_rows(indices[chosen], source.num_rows, self.seed,
-                                              self.names[source_id], self.shuffle)
-            for key, value in source.packed(np.asarray(rows, np.int64)).items():
+            for key, value in self.sources[source_id].packed(rows[chosen]).items():
                 packed[key][chosen] = value
         return packed

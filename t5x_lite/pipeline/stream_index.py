@@ -225,3 +225,16 @@ class MixturePattern:
             raise ValueError(f"no source {source} or negative end {global_rows_end}")
         blocks, position = divmod(global_rows_end, self.block_rows)
         return blocks * self.counts[source] + self.rows_before[source][position]
+
+
+def mixture_rows(pattern: MixturePattern, indices: np.ndarray, sizes: Sequence[int],
+                 seed: int, names: Sequence[str], shuffle: bool
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(source, row within that source) of each entry of `indices` in a mixture's stream:
+    the pattern's source, then `epoch_rows` of that source (`sizes` rows per epoch,
+    permuted under its name)."""
+    sources, rows = pattern.locate_array(np.asarray(indices, np.int64))
+    for source in np.unique(sources):
+        chosen = sources == source
+        _, rows[chosen] = epoch_rows(rows[chosen], sizes[source], seed, names[source], shuffle)
+    return sources, rows
