@@ -13,6 +13,10 @@ from . import preprocessors
 VOCABULARIES = {
     "byte": vocabularies.byte_vocabulary,
     "spm": vocabularies.sentencepiece_vocabulary,
+    # With T5's extra ids (span corruption's sentinels): ByT5's and T5's layouts.
+    "byte_t5": lambda: vocabularies.byte_vocabulary(vocabularies.T5_EXTRA_IDS["byte"]),
+    "spm_t5": lambda: vocabularies.sentencepiece_vocabulary(
+        extra_ids=vocabularies.T5_EXTRA_IDS["spm"]),
 }
 SHUFFLE_BUFFER_SIZE = 1_000  # Pieces; the sources already shuffle whole documents.
 

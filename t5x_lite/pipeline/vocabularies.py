@@ -3,6 +3,10 @@
 Both reserve pad=0, eos=1, unk=2. The byte vocabulary maps byte b to id b + 3.
 The SentencePiece model is BPE with byte fallback and no text normalization, so
 decoding an encoding gives back the exact input, indentation and newlines included.
+
+Either may end in extra ids, the sentinels of span corruption, as in T5: extra id k
+is id `vocab_size - 1 - k`. ByT5 has 125 of them (384 ids in all), T5's SentencePiece
+vocabularies 100 (`T5_EXTRA_IDS`).
 """
 
 import io
@@ -19,6 +23,7 @@ from t5x_lite import storage
 DEFAULT_SPM_VOCAB_SIZE = 8192
 # Enough lines to learn the merges, few enough to train in seconds on two cores.
 MAX_SPM_TRAINING_LINES = 200_000
+T5_EXTRA_IDS = {"byte": 125, "spm": 100}
 
 _SPM_TRAINER_OPTIONS = dict(
     model_type="bpe",
@@ -36,9 +41,9 @@ _SPM_TRAINER_OPTIONS = dict(
 )
 
 
-def byte_vocabulary() -> seqio.ByteVocabulary:
-    """UTF-8 bytes; ids 0, 1, 2 are pad, eos, unk and byte b is id b + 3."""
-    return seqio.ByteVocabulary()
+def byte_vocabulary(extra_ids: int = 0) -> seqio.ByteVocabulary:
+    """UTF-8 bytes; ids 0, 1, 2 are pad, eos, unk, byte b is id b + 3, then `extra_ids`."""
+    return seqio.ByteVocabulary(extra_ids=extra_ids)
 
 
 def cached_sentencepiece_path(vocab_size: int = DEFAULT_SPM_VOCAB_SIZE) -> pathlib.Path:
@@ -75,18 +80,19 @@ def build_vocab_command(vocab_size: int, output_path: str | None) -> str:
     return path
 
 
-def sentencepiece_vocabulary(
-        vocab_size: int = DEFAULT_SPM_VOCAB_SIZE) -> seqio.SentencePieceVocabulary:
-    """The project SentencePiece vocabulary; it is trained on first use if not built yet."""
-    return _EmbeddedSentencePieceVocabulary(vocab_size)
+def sentencepiece_vocabulary(vocab_size: int = DEFAULT_SPM_VOCAB_SIZE,
+                             extra_ids: int = 0) -> seqio.SentencePieceVocabulary:
+    """The project SentencePiece vocabulary (`vocab_size` pieces, then `extra_ids`); it is
+    trained on first use if not built yet."""
+    return _EmbeddedSentencePieceVocabulary(vocab_size, extra_ids)
 
 
 class _EmbeddedSentencePieceVocabulary(seqio.SentencePieceVocabulary):
     """A SentencePiece vocabulary that builds its cached model when first loaded."""
 
-    def __init__(self, vocab_size: int):
+    def __init__(self, vocab_size: int, extra_ids: int = 0):
         self._trained_vocab_size = vocab_size
-        super().__init__(str(cached_sentencepiece_path(vocab_size)))
+        super().__init__(str(cached_sentencepiece_path(vocab_size)), extra_ids=extra_ids)
 
     def _model_context(self):
         if self._model is None and not os.path.exists(self._sentencepiece_model_file):
