@@ -31,6 +31,13 @@ def embedded_corpus_source(kind: str) -> ShardFirstSource:
     return ShardFirstSource(read_split, splits=("train", "validation"), identity=identity)
 
 
+def sample_until_all_empty(datasets, rates, seed) -> tf.data.Dataset:
+    """A Mixture's sampling that goes on from the other Tasks when one runs out (a data
+    shard may hold no validation prose)."""
+    return tf.data.Dataset.sample_from_datasets(datasets, rates, seed,
+                                                stop_on_empty_dataset=False)
+
+
 def task_name(kind: str, vocabulary_name: str = "byte") -> str:
     return f"embedded_{kind}{_VOCABULARY_SUFFIXES[vocabulary_name]}"
 
@@ -48,9 +55,7 @@ def register_embedded_tasks() -> None:
         seqio.MixtureRegistry.add(
             mixture_name(vocabulary_name),
             [(task_name(kind, vocabulary_name), rate) for kind, rate in MIXTURE_RATES.items()],
-            # A data shard may hold no validation prose; mix from the other task then.
-            sample_fn=lambda datasets, rates, seed: tf.data.Dataset.sample_from_datasets(
-                datasets, rates, seed, stop_on_empty_dataset=False))
+            sample_fn=sample_until_all_empty)
 
 
 register_embedded_tasks()

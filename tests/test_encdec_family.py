@@ -252,12 +252,13 @@ def test_the_converter_gives_the_features(pack):
         assert first["encoder_positions"].tolist() == list(range(10))
 
 
-def test_token_store_data_falls_back_to_the_seqio_stream_and_store_is_refused():
+def test_the_decoder_reads_a_denoising_objective_from_the_seqio_stream_only():
+    """Token stores give a denoising objective's rows as encoder-decoder rows."""
     from t5x_lite.pipeline import input_pipeline
-    cfg = input_pipeline.DataConfig("stdlib_signature", {"inputs": 64, "targets": 32}, 4)
+    cfg = input_pipeline.DataConfig("embedded_span_corruption", {"inputs": 64, "targets": 16}, 4)
     assert input_pipeline.uses_store(cfg)
-    assert input_pipeline.for_family(cfg, ENCDEC).stream == "skip"
-    assert input_pipeline.for_family(cfg, family_lib.default()) is cfg
-    store = dataclasses.replace(cfg, stream="store")
-    with pytest.raises(ConfigError, match="encdec family does not read token stores"):
-        input_pipeline.for_family(store, ENCDEC)
+    assert input_pipeline.for_family(cfg, ENCDEC) is cfg
+    assert input_pipeline.for_family(cfg, family_lib.default()).stream == "skip"
+    with pytest.raises(ConfigError, match="decoder family does not read these Tasks"):
+        input_pipeline.for_family(dataclasses.replace(cfg, stream="store"),
+                                  family_lib.default())

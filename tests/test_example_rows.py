@@ -46,8 +46,9 @@ def _config(task, stores, **overrides) -> DataConfig:
     return DataConfig(task, LENGTHS, **fields)
 
 
-def _stream(cfg):
-    return input_pipeline._store_stream(cfg, "train", cfg.shuffle, cfg.seed)  # noqa: SLF001
+def _stream(cfg, family=None):
+    return input_pipeline._store_stream(cfg, "train", cfg.shuffle, cfg.seed,  # noqa: SLF001
+                                        family)
 
 
 @pytest.fixture(scope="module")
@@ -60,20 +61,30 @@ def continuous(qa_task, stores):
 
 
 def test_next_fit_starts_a_row_when_the_next_example_does_not_fit():
-    np.testing.assert_array_equal(next_fit(np.array([3, 4, 2, 5, 5, 1]), 8), [0, 2, 4, 6])
+    lengths_E1 = np.array([3, 4, 2, 5, 5, 1])[:, None]
+    np.testing.assert_array_equal(next_fit(lengths_E1, [8]), [0, 2, 4, 6])
 
 
-def test_rows_are_the_rows_seqio_packs_from_the_same_examples(qa_task, stores):
+def test_two_sided_next_fit_starts_a_row_when_either_side_does_not_fit():
+    lengths_E2 = np.array([[3, 1], [2, 5], [1, 1], [4, 1], [2, 2]])
+    np.testing.assert_array_equal(next_fit(lengths_E2, [6, 6]), [0, 2, 4, 5])
+
+
+@pytest.mark.parametrize("family_name", ["decoder", "encdec"])
+def test_rows_are_the_rows_seqio_packs_from_the_same_examples(qa_task, stores, family_name):
+    """The decoder's rows hold each example's inputs then targets; the encoder-decoder's
+    hold the inputs and the targets apart, each side packed as seqio packs both."""
+    family = family_lib.by_name(family_name)
     cfg = _config(qa_task, stores, shuffle=False)
-    stream = _stream(cfg)
+    stream = _stream(cfg, family)
     windows = stream.sources[0].num_examples // stream.window_examples
     assert windows >= 2
     rows = sum(stream.window(w).num_rows for w in range(windows))
-    ours = family_lib.default().packed_features(stream.packed_rows(0, rows, WindowCursor()))
+    ours = family.packed_features(stream.packed_rows(0, rows, WindowCursor()))
     task = seqio.get_mixture_or_task(qa_task)
     examples = task.get_dataset(LENGTHS, split="train", shuffle=False).take(
         windows * stream.window_examples)
-    converter = family_lib.default().feature_converter(has_inputs=True, pack=True)
+    converter = family.feature_converter(has_inputs=True, pack=True)
     packed = list(converter(examples, LENGTHS).as_numpy_iterator())
     assert len(packed) == rows
     assert_same_batches([{key: np.stack([row[key] for row in packed]) for key in ours}], [ours])

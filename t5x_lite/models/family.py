@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jax
+import numpy as np
 from flax import nnx
 
 from t5x_lite.errors import ConfigError
@@ -54,6 +55,8 @@ class ModelFamily(abc.ABC):
     name: ClassVar[str]
     config_type: ClassVar[type]
     reads_token_stores: ClassVar[bool] = False  # True where `packed_features` is implemented
+    # True where `inputs` go to an encoder: rows of examples keep inputs and targets apart.
+    encodes_inputs: ClassVar[bool] = False
 
     def resolve(self, cfg, task_vocab_size: int):
         """`cfg` with what depends on the task filled in (vocabulary size), checked."""
@@ -76,7 +79,9 @@ class ModelFamily(abc.ABC):
         """The model's features of rows cut from token stores, from seqio's packed layout
         (numpy [B, L]): `targets`, `targets_segment_ids`, `targets_positions` (position 0
         starts a segment; segment 0 is padding), and for rows of examples' inputs then
-        targets, `inputs_width` (the inputs' length of each token's example)."""
+        targets, `inputs_width` (the inputs' length of each token's example); where the
+        family `encodes_inputs`, `inputs`, `inputs_segment_ids`, `inputs_positions` too
+        ([B, I]; the targets' are [B, T])."""
         raise NotImplementedError(f"the {self.name} family does not read token stores")
 
     @abc.abstractmethod
@@ -123,6 +128,16 @@ class ModelFamily(abc.ABC):
     def tokens_per_row(self, task_lengths: Mapping[str, int]) -> int:
         """Tokens a batch row counts for throughput."""
         return sum(task_lengths.values())
+
+
+def shifted_right(targets_BL: np.ndarray, positions_BL: np.ndarray,
+                  start_id: int) -> np.ndarray:
+    """A decoder's inputs for packed targets: the targets shifted right by one within each
+    segment, `start_id` where a segment starts (position 0, as on padding)."""
+    inputs_BL = np.zeros_like(targets_BL)
+    inputs_BL[:, 1:] = targets_BL[:, :-1]
+    inputs_BL[positions_BL == 0] = start_id
+    return inputs_BL
 
 
 _FAMILIES: dict[str, ModelFamily] = {}

@@ -2,10 +2,12 @@
 
 Example e of the stream is example i of one Task: a Mixture takes its examples in a
 fixed pattern per block (rates count examples, as seqio's do), and each Task's examples
-come in a keyed permutation, a new one each epoch. Each example becomes one sequence,
-its inputs then its targets. Windows of `window_examples` consecutive examples are
-packed next-fit in stream order, as seqio packs each window of examples it reads: an
-example joins the current row while it fits, otherwise it starts the next row, and a
+come in a keyed permutation, a new one each epoch. A row holds examples one of two ways:
+one sequence per example, its inputs then its targets (a decoder's rows), or the inputs
+and the targets apart, each side a row of its own feature length (an encoder-decoder's,
+"two-sided"). Windows of `window_examples` consecutive examples are packed next-fit in
+stream order, as seqio packs each window of examples it reads: an example joins the
+current row while it fits (on both sides), otherwise it starts the next row, and a
 window's last row ends with the window. A window's row count depends on its examples'
 lengths, so row g is found by walking windows forward from a known window start (a
 `WindowCursor`), counting lengths only; a checkpoint records the cursor of its next
@@ -22,6 +24,8 @@ from t5x_lite.pipeline import stream_index
 from t5x_lite.pipeline.token_store import TokenStore
 
 PACKED_KEYS = ("targets", "targets_segment_ids", "targets_positions", "inputs_width")
+TWO_SIDED_KEYS = tuple(f"{side}{kind}" for side in ("inputs", "targets")
+                       for kind in ("", "_segment_ids", "_positions"))
 _CACHED_WINDOWS = 64
 
 
@@ -48,13 +52,13 @@ class ExampleSource:
         self.inputs_offsets = store.offsets("inputs")
         self.targets_offsets = store.offsets("targets")
         self.num_examples = store.num_examples
-        self.lengths = np.diff(self.inputs_offsets) + np.diff(self.targets_offsets)
+        self.lengths_E2 = np.stack([np.diff(self.inputs_offsets),
+                                    np.diff(self.targets_offsets)], axis=1)
 
-    def sequence(self, example: int) -> tuple[np.ndarray, int]:
-        """(inputs then targets, the inputs' length) of one example."""
-        inputs = self.store.tokens("inputs", *self.inputs_offsets[example:example + 2])
-        targets = self.store.tokens("targets", *self.targets_offsets[example:example + 2])
-        return np.concatenate([inputs, targets]), len(inputs)
+    def features(self, example: int) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, targets) of one example."""
+        return (self.store.tokens("inputs", *self.inputs_offsets[example:example + 2]),
+                self.store.tokens("targets", *self.targets_offsets[example:example + 2]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,28 +72,33 @@ class _Window:
         return len(self.row_starts) - 1
 
 
-def next_fit(lengths: np.ndarray, row_length: int) -> np.ndarray:
-    """The first example of each row when `lengths` are packed in order into rows of
-    `row_length` (a new row whenever the next example does not fit), then len(lengths)."""
-    starts, used = [0], 0
-    for index, length in enumerate(lengths.tolist()):
-        if used + length > row_length and used:
+def next_fit(lengths_EK: np.ndarray, capacity_K: Sequence[int]) -> np.ndarray:
+    """The first example of each row when examples with `lengths_EK` (one length per
+    side) are packed in order into rows of `capacity_K` (a new row whenever the next
+    example does not fit on some side), then the number of examples."""
+    starts, used = [0], [0] * len(capacity_K)
+    for index, lengths in enumerate(lengths_EK.tolist()):
+        if any(used) and any(u + n > c for u, n, c in zip(used, lengths, capacity_K)):
             starts.append(index)
-            used = 0
-        used += length
-    return np.array([*starts, len(lengths)], np.int64)
+            used = [0] * len(capacity_K)
+        used = [u + n for u, n in zip(used, lengths)]
+    return np.array([*starts, len(lengths_EK)], np.int64)
 
 
 class ExampleStream:
-    """Rows of `row_length` tokens of whole examples of one Task, or of a Mixture of Tasks
-    with `rates`."""
+    """Rows of whole examples of one Task, or of a Mixture of Tasks with `rates`, for
+    feature lengths {'inputs': I, 'targets': T}: rows of I + T tokens of inputs then
+    targets, or (`two_sided`) rows of I inputs beside rows of T targets."""
 
     def __init__(self, sources: Sequence[ExampleSource], names: Sequence[str],
-                 rates: Sequence[float], seed: int, shuffle: bool, row_length: int,
-                 block_examples: int):
+                 rates: Sequence[float], seed: int, shuffle: bool,
+                 lengths: Mapping[str, int], two_sided: bool, block_examples: int):
         self.sources, self.names = list(sources), list(names)
-        self.seed, self.shuffle, self.row_length = seed, shuffle, row_length
-        self.window_examples = row_length  # seqio packs windows of that many examples
+        self.seed, self.shuffle, self.two_sided = seed, shuffle, two_sided
+        self.widths = ({"inputs": lengths["inputs"], "targets": lengths["targets"]}
+                       if two_sided else {"targets": lengths["inputs"] + lengths["targets"]})
+        # seqio packs windows of as many examples as its longest feature has tokens.
+        self.window_examples = max(self.widths.values())
         self.pattern = stream_index.MixturePattern.create(
             list(rates), block_examples if len(self.sources) > 1 else 1)
         self.window = functools.lru_cache(maxsize=_CACHED_WINDOWS)(self._window)
@@ -101,11 +110,13 @@ class ExampleStream:
         sources, examples = stream_index.mixture_rows(
             self.pattern, stream_examples, [source.num_examples for source in self.sources],
             self.seed, self.names, self.shuffle)
-        lengths = np.zeros(len(sources), np.int64)
+        lengths_W2 = np.zeros((len(sources), 2), np.int64)
         for source_id in np.unique(sources):
             chosen = sources == source_id
-            lengths[chosen] = self.sources[source_id].lengths[examples[chosen]]
-        return _Window(sources, examples, next_fit(lengths, self.row_length))
+            lengths_W2[chosen] = self.sources[source_id].lengths_E2[examples[chosen]]
+        if not self.two_sided:
+            lengths_W2 = lengths_W2.sum(axis=1, keepdims=True)
+        return _Window(sources, examples, next_fit(lengths_W2, list(self.widths.values())))
 
     def cursor_at(self, row: int, cursor: WindowCursor) -> WindowCursor:
         """The cursor of the window holding global row `row`, walking from `cursor`."""
@@ -118,9 +129,15 @@ class ExampleStream:
 
     def packed_rows(self, first_row: int, count: int,
                     cursor: WindowCursor) -> dict[str, np.ndarray]:
-        """Rows [first_row, first_row + count) in seqio's packed layout, each
-        [count, row_length], plus `inputs_width` (each token's example's inputs length)."""
-        packed = {key: np.zeros((count, self.row_length), np.int32) for key in PACKED_KEYS}
+        """Rows [first_row, first_row + count) in seqio's packed layout, [count, width]:
+        two-sided, `inputs` and `targets` with their segment ids and positions; else
+        `targets` etc. and `inputs_width` (each token's example's inputs length)."""
+        if self.two_sided:
+            packed = {key: np.zeros((count, self.widths[key.split("_")[0]]), np.int32)
+                      for key in TWO_SIDED_KEYS}
+        else:
+            packed = {key: np.zeros((count, self.widths["targets"]), np.int32)
+                      for key in PACKED_KEYS}
         for row in range(count):
             cursor = self.cursor_at(first_row + row, cursor)
             self._fill_row(self.window(cursor.window), first_row + row - cursor.first_row,
@@ -128,13 +145,16 @@ class ExampleStream:
         return packed
 
     def _fill_row(self, window: _Window, row: int, out: Mapping[str, np.ndarray]) -> None:
-        begin = 0
+        begin = dict.fromkeys(self.widths, 0)
         for segment, e in enumerate(range(window.row_starts[row], window.row_starts[row + 1])):
-            tokens, inputs_width = self.sources[window.sources[e]].sequence(window.examples[e])
-            end = begin + len(tokens)
-            out["targets"][begin:end] = tokens
-            out["targets_segment_ids"][begin:end] = segment + 1
-            out["targets_positions"][begin:end] = np.arange(len(tokens))
-            out["inputs_width"][begin:end] = inputs_width
-            begin = end
-
+            inputs, targets = self.sources[window.sources[e]].features(window.examples[e])
+            sides = ({"inputs": inputs, "targets": targets} if self.two_sided
+                     else {"targets": np.concatenate([inputs, targets])})
+            for side, tokens in sides.items():
+                span = slice(begin[side], begin[side] + len(tokens))
+                out[side][span] = tokens
+                out[f"{side}_segment_ids"][span] = segment + 1
+                out[f"{side}_positions"][span] = np.arange(len(tokens))
+                begin[side] = span.stop
+            if not self.two_sided:
+                out["inputs_width"][span] = len(inputs)

@@ -7,7 +7,9 @@ process reads only its own rows. `skip`: the seqio pipeline itself, replayed fro
 start to reach a position, for Tasks that cannot be stored. `auto` (the default) is
 `store` for packed data whose sources say what they read, else `skip`. On stores, rows of
 whole examples with inputs and targets are packed window by window instead
-(`example_rows`), found from the window cursor each checkpoint records.
+(`example_rows`), found from the window cursor each checkpoint records; and rows of a
+Task with an encoder-decoder objective are raw rows denoised each by its own key
+(`objectives`).
 
 The skip stream is made of S = `num_data_shards` shard pipelines. Shard s reads
 the s-th of S slices of the data, shuffles it with a seed derived from (seed, s),
@@ -40,9 +42,10 @@ import tensorflow as tf
 from t5x_lite import data  # Registers the built-in Tasks; hides accelerators from TF.
 from t5x_lite.errors import ConfigError
 from t5x_lite.models import family as family_lib
-from t5x_lite.pipeline import store_build
+from t5x_lite.pipeline import objectives, store_build
 from t5x_lite.pipeline.example_rows import ExampleSource, ExampleStream, WindowCursor
-from t5x_lite.pipeline.store_stream import MIXTURE_BLOCK_ROWS, LmRows, StoreStream
+from t5x_lite.pipeline.objectives import Objective
+from t5x_lite.pipeline.store_stream import MIXTURE_BLOCK_ROWS, DenoisedStream, LmRows, StoreStream
 from t5x_lite.pipeline.token_store import TokenStore
 
 data.hide_accelerators_from_tensorflow()
@@ -142,7 +145,7 @@ def train_batches(cfg: DataConfig, start_position: int, process_index: int, proc
     store = uses_store(cfg)
     _check_split(cfg, "train", cfg.shuffle and not store)
     if store:
-        stream = _store_stream(cfg, "train", cfg.shuffle, cfg.seed)
+        stream = _store_stream(cfg, "train", cfg.shuffle, cfg.seed, family)
         return Batches(_prefetched(_store_batches(
             stream, cfg, family, itertools.count(start_position), process_index, process_count,
             row_offset, cursor)))
@@ -178,7 +181,7 @@ def eval_batches(cfg: DataConfig, num_batches: int, process_index: int, process_
     """This process's rows of the first `num_batches` global batches of the eval split."""
     _check_split(cfg, cfg.eval_split, shuffle=False)
     if uses_store(cfg):
-        stream = _store_stream(cfg, cfg.eval_split, False, _EVAL_SEED)
+        stream = _store_stream(cfg, cfg.eval_split, False, _EVAL_SEED, family)
         return (batch for batch, _ in _store_batches(stream, cfg, family, range(num_batches),
                                                      process_index, process_count))
     shards = _owned_shards(cfg, process_index, process_count)
@@ -202,16 +205,20 @@ def build_stores(cfg: DataConfig, builder: tuple[int, int] = (0, 1)
 
 
 def store_lengths(cfg: DataConfig) -> dict[str, int] | None:
-    """The lengths a store of `cfg`'s Tasks is built with: none for language-modeling data
-    (rows are cut from whole documents, so one store serves every length), the feature
-    lengths for examples with inputs and targets (which the Tasks fit or drop)."""
-    return dict(cfg.task_feature_lengths) if _is_instruction_data(cfg) else None
+    """The lengths a store of `cfg`'s Tasks is built with: none for documents
+    (language-modeling data, or the documents an objective denoises: rows are cut from
+    whole documents, so one store serves every length), the feature lengths for
+    examples with inputs and targets (which the Tasks fit or drop)."""
+    if _objective(cfg) or not _is_instruction_data(cfg):
+        return None
+    return dict(cfg.task_feature_lengths)
 
 
 def _task_store(task: seqio.Task, split: str, cfg: DataConfig,
                 builder: tuple[int, int] = (0, 1)) -> TokenStore | None:
+    stored = objectives.document_task(task) if objectives.objective_of(task) else task
     try:
-        return store_build.store_for(task, split, store_lengths(cfg), cfg.store_dir,
+        return store_build.store_for(stored, split, store_lengths(cfg), cfg.store_dir,
                                      progress=jax.process_index() == 0, builder=builder)
     except store_build.NotMaterialisable as reason:
         raise ConfigError(f"Task '{task.name}' cannot be written to a token store: {reason}; "
@@ -219,13 +226,15 @@ def _task_store(task: seqio.Task, split: str, cfg: DataConfig,
 
 
 def for_family(cfg: DataConfig, family: family_lib.ModelFamily) -> DataConfig:
-    """`cfg` as `family` can read it: a family that cannot read token-store rows takes
-    the seqio stream where `cfg` lets the stream be chosen, and refuses `store`."""
-    if family.reads_token_stores or cfg.stream == "skip":
+    """`cfg` as `family` can read it: a family that cannot read `cfg`'s token-store rows
+    (any, or the encoder-decoder rows of a denoising objective) takes the seqio stream
+    where `cfg` lets the stream be chosen, and refuses `store`."""
+    readable = family.reads_token_stores and (family.encodes_inputs or not _objective(cfg))
+    if readable or cfg.stream == "skip":
         return cfg
     if cfg.stream == "store":
-        raise ConfigError(f"the {family.name} family does not read token stores yet: set "
-                          "DataConfig.stream = 'skip' (or 'auto').")
+        raise ConfigError(f"the {family.name} family does not read these Tasks' token-store "
+                          "rows: set DataConfig.stream = 'skip' (or 'auto').")
     return dataclasses.replace(cfg, stream="skip")
 
 
@@ -239,15 +248,22 @@ def uses_store(cfg: DataConfig) -> bool:
     return all(store_build.materialisable(task) for task in tasks_of(cfg.mixture_or_task_name))
 
 
-def _store_stream(cfg: DataConfig, split: str, shuffle: bool,
-                  seed: int) -> StoreStream | ExampleStream:
-    """The stream of the stores of the Tasks with rows in `split` (built if missing)."""
+def _store_stream(cfg: DataConfig, split: str, shuffle: bool, seed: int,
+                  family: family_lib.ModelFamily | None = None
+                  ) -> StoreStream | ExampleStream | DenoisedStream:
+    """The stream of the stores of the Tasks with rows in `split` (built if missing), in
+    the layout `family` (default: the decoder) reads."""
     if not cfg.pack:
         raise ConfigError("Token stores give packed rows: set DataConfig.pack = True, or "
                           "DataConfig.stream = 'skip' for unpacked rows.")
+    family = family or family_lib.default()
+    feature_converter(cfg, family)  # Refuses data the family cannot read.
     provider = _provider(cfg.mixture_or_task_name)
-    examples = _is_instruction_data(cfg)
-    row_length = cfg.sequence_length
+    objective = _objective(cfg)
+    examples = _is_instruction_data(cfg) and not objective
+    lengths = dict(cfg.task_feature_lengths)
+    vocabulary = output_vocabulary(cfg.mixture_or_task_name)
+    row_length = objective.check(lengths, vocabulary) if objective else cfg.sequence_length
     sources, names, rates = [], [], []
     for task in tasks_of(cfg.mixture_or_task_name):
         if split not in task.splits:
@@ -264,12 +280,14 @@ def _store_stream(cfg: DataConfig, split: str, shuffle: bool,
                           f"for TASK_FEATURE_LENGTHS={dict(cfg.task_feature_lengths)}: add data "
                           "or change TASK_FEATURE_LENGTHS.")
     if examples:
-        return ExampleStream(sources, names, rates, seed, shuffle, row_length,
-                             MIXTURE_BLOCK_ROWS)
-    return StoreStream(sources, names, rates, seed, shuffle)
+        return ExampleStream(sources, names, rates, seed, shuffle, lengths,
+                             family.encodes_inputs, MIXTURE_BLOCK_ROWS)
+    rows = StoreStream(sources, names, rates, seed, shuffle)
+    return DenoisedStream(rows, objective, vocabulary, lengths, seed) if objective else rows
 
 
-def _store_batches(stream: StoreStream | ExampleStream, cfg: DataConfig, family,
+def _store_batches(stream: StoreStream | ExampleStream | DenoisedStream, cfg: DataConfig,
+                   family,
                    positions: Iterator[int], process_index: int, process_count: int,
                    row_offset: int = 0, cursor: WindowCursor = WindowCursor()
                    ) -> Iterator[tuple[dict[str, np.ndarray], WindowCursor | None]]:
@@ -280,11 +298,11 @@ def _store_batches(stream: StoreStream | ExampleStream, cfg: DataConfig, family,
     for position in positions:
         first = row_offset + position * cfg.global_batch_size
         mine = first + process_index * rows
-        if isinstance(stream, StoreStream):
-            yield family.packed_features(stream.packed_rows(np.arange(mine, mine + rows))), None
-        else:
+        if isinstance(stream, ExampleStream):
             cursor = stream.cursor_at(first, cursor)
             yield family.packed_features(stream.packed_rows(mine, rows, cursor)), cursor
+        else:
+            yield family.packed_features(stream.packed_rows(np.arange(mine, mine + rows))), None
 
 
 def _prefetched(batches: Iterator, size: int = PREFETCH_BATCHES) -> Iterator:
@@ -315,6 +333,17 @@ def _provider(name: str) -> seqio.DatasetProviderBase:
 def tasks_of(name: str) -> list[seqio.Task]:
     provider = _provider(name)
     return provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+
+
+def _objective(cfg: DataConfig) -> Objective | None:
+    """The encoder-decoder objective `cfg`'s Tasks denoise their documents with, if any;
+    a Mixture's Tasks must share it."""
+    found = {objectives.objective_of(task) for task in tasks_of(cfg.mixture_or_task_name)}
+    if len(found) > 1:
+        raise ConfigError(f"'{cfg.mixture_or_task_name}' mixes Tasks of different objectives "
+                          f"({sorted(o.name if o else 'none' for o in found)}): use one "
+                          "objective per Mixture.")
+    return found.pop()
 
 
 def _is_instruction_data(cfg: DataConfig) -> bool:

@@ -7,14 +7,18 @@ Language-modeling rows are cut from each Task's examples concatenated one after 
 segment per example (or part of one) and positions from 0 within each. A Mixture takes
 its rows in a fixed pattern per block of MIXTURE_BLOCK_ROWS rows, in proportion to its
 rates (so rates count rows, that is tokens); each Task's rows come in a keyed
-permutation, a new one each epoch.
+permutation, a new one each epoch. For an encoder-decoder objective each row is then
+denoised into one example (`DenoisedStream`).
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import seqio
 
-from t5x_lite.pipeline import stream_index
+from t5x_lite.pipeline import objectives, stream_index
+from t5x_lite.pipeline.example_rows import TWO_SIDED_KEYS
+from t5x_lite.pipeline.objectives import Objective
 from t5x_lite.pipeline.token_store import TokenStore
 
 MIXTURE_BLOCK_ROWS = 1024
@@ -68,4 +72,29 @@ class StoreStream:
             chosen = source_ids == source_id
             for key, value in self.sources[source_id].packed(rows[chosen]).items():
                 packed[key][chosen] = value
+        return packed
+
+
+class DenoisedStream:
+    """A stream of raw rows with each row made one example by an encoder-decoder
+    objective: row g's noise is keyed by (seed, g), so it is known from g alone."""
+
+    def __init__(self, raw_rows: StoreStream, objective: Objective,
+                 vocabulary: seqio.Vocabulary, lengths: Mapping[str, int], seed: int):
+        self.raw_rows, self.objective, self.vocabulary = raw_rows, objective, vocabulary
+        self.lengths, self.seed = dict(lengths), seed
+
+    def packed_rows(self, global_rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows `global_rows` in seqio's packed encoder-decoder layout: `inputs` and
+        `targets` with their segment ids (1, one example per row) and positions."""
+        raw_RL = self.raw_rows.packed_rows(global_rows)["targets"]
+        packed = {key: np.zeros((len(global_rows), self.lengths[key.split("_")[0]]), np.int32)
+                  for key in TWO_SIDED_KEYS}
+        for r, (row, tokens_L) in enumerate(zip(global_rows.tolist(), raw_RL)):
+            key = objectives.row_key(self.seed, row, self.objective)
+            example = self.objective.example(tokens_L, key, self.vocabulary, self.lengths)
+            for side, tokens in zip(("inputs", "targets"), example):
+                packed[side][r, :len(tokens)] = tokens
+                packed[f"{side}_segment_ids"][r, :len(tokens)] = 1
+                packed[f"{side}_positions"][r, :len(tokens)] = np.arange(len(tokens))
         return packed

@@ -49,9 +49,7 @@ class DecoderFamily(family_lib.ModelFamily):
         segment (START_ID at its start); loss on every token, or, for rows of inputs then
         targets (`inputs_width` given), on each segment's tokens from its inputs' width on."""
         targets, positions = packed["targets"], packed["targets_positions"]
-        inputs = np.zeros_like(targets)
-        inputs[:, 1:] = targets[:, :-1]
-        inputs[positions == 0] = START_ID
+        inputs = family_lib.shifted_right(targets, positions, START_ID)
         weights = (targets != 0) & (positions >= packed.get("inputs_width", 0))
         return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets,
                 "decoder_loss_weights": weights.astype(np.int32),

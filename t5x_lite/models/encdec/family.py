@@ -32,6 +32,8 @@ START_ID = 0
 class EncDecFamily(family_lib.ModelFamily):
     name = "encdec"
     config_type = EncDecConfig
+    reads_token_stores = True
+    encodes_inputs = True
 
     def resolve(self, cfg: EncDecConfig, task_vocab_size: int) -> EncDecConfig:
         return cfg.with_vocab(task_vocab_size)
@@ -50,6 +52,20 @@ class EncDecFamily(family_lib.ModelFamily):
                               "(e.g. a span-corruption Task); this Task has 'targets' only.")
         from t5x_lite.models.encdec import converters  # TensorFlow loads only on the data path.
         return converters.EncDecFeatureConverter(pack=pack)
+
+    def packed_features(self, packed) -> dict[str, np.ndarray]:
+        """As seqio's `EncDecFeatureConverter`: the decoder's inputs are the targets
+        shifted right within each segment (START_ID at its start); loss on every target."""
+        targets = packed["targets"]
+        return {"encoder_input_tokens": packed["inputs"],
+                "encoder_segment_ids": packed["inputs_segment_ids"],
+                "encoder_positions": packed["inputs_positions"],
+                "decoder_input_tokens": family_lib.shifted_right(
+                    targets, packed["targets_positions"], START_ID),
+                "decoder_target_tokens": targets,
+                "decoder_loss_weights": (targets != 0).astype(np.int32),
+                "decoder_segment_ids": packed["targets_segment_ids"],
+                "decoder_positions": packed["targets_positions"]}
 
     def logits(self, cfg, model: EncoderDecoder, batch) -> jax.Array:
         return model(batch["encoder_input_tokens"], batch["encoder_segment_ids"],
