@@ -12,3 +12,4 @@ def register_configurables() -> None:
     from t5x_lite.train import optim, trainer  # noqa: F401
     from t5x_lite.models.decoder import config  # noqa: F401
     from t5x_lite.models.encdec import config as encdec_config  # noqa: F401
+    from t5x_lite.models import moe  # noqa: F401  (its config and family)

@@ -150,10 +150,11 @@ def register(family: ModelFamily) -> ModelFamily:
 
 
 def for_config(cfg: Any) -> ModelFamily:
-    """The family whose config type `cfg` is."""
-    for family in _FAMILIES.values():
-        if isinstance(cfg, family.config_type):
-            return family
+    """The family whose config type `cfg` is (exactly; else the nearest base type)."""
+    for cls in type(cfg).__mro__:
+        for family in _FAMILIES.values():
+            if family.config_type is cls:
+                return family
     raise ConfigError(f"{type(cfg).__name__} is no model family's config; bind "
                       "train.model_config to a family config such as @DecoderConfig().")
 

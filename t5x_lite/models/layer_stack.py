@@ -41,11 +41,17 @@ def remat(fn, policy_name: str):
 
 def run_scanned(blocks: nnx.Module, x, policy_name: str, *block_args):
     """x through stacked `blocks` in order; `block_args` go to every block."""
+    x, _ = run_scanned_with_outputs(lambda block, carry: (block(carry, *block_args), None),
+                                    blocks, x, policy_name)
+    return x
+
+
+def run_scanned_with_outputs(apply, blocks: nnx.Module, x, policy_name: str):
+    """x through stacked `blocks` in order, `apply(block, x) -> (x, output)` for each;
+    returns (x, the outputs stacked along a leading layers axis)."""
     graphdef, stacked_state = nnx.split(blocks)
 
     def body(carry, layer_state):
-        block = nnx.merge(graphdef, layer_state)
-        return block(carry, *block_args), None
+        return apply(nnx.merge(graphdef, layer_state), carry)
 
-    x, _ = jax.lax.scan(remat(body, policy_name), x, stacked_state)
-    return x
+    return jax.lax.scan(remat(body, policy_name), x, stacked_state)

@@ -2,9 +2,10 @@
 
 Parameters and activations carry logical axis names (`batch`, `embed`, ...).
 Two rule tables, one for parameters and one for activations, map them to the
-mesh axes `data`, `fsdp` and `tensor`, so FSDP or tensor parallelism is a gin
-edit. A mesh axis that does not divide a dimension is dropped for that array
-(the dimension is replicated instead).
+mesh axes `data`, `fsdp` and `tensor` (and `expert`, where a mesh shape has a fourth
+entry), so FSDP, tensor or expert parallelism is a gin edit. A mesh axis that does not
+divide a dimension, or is not in the mesh, is dropped for that array (the dimension is
+replicated instead).
 """
 
 import contextlib
@@ -21,11 +22,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from t5x_lite.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
+EXPERT_AXIS = "expert"  # The optional fourth mesh axis: experts, and the batch with them.
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 DEFAULT_PARAM_RULES: Rules = (
     ("layers", None),
+    ("experts", EXPERT_AXIS),
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
@@ -35,8 +38,9 @@ DEFAULT_PARAM_RULES: Rules = (
 )
 
 DEFAULT_ACTIVATION_RULES: Rules = (
-    ("batch", ("data", "fsdp")),
+    ("batch", ("data", "fsdp", EXPERT_AXIS)),
     ("length", None),
+    ("experts", EXPERT_AXIS),
     ("embed", None),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -53,11 +57,20 @@ def axis_rules(param_rules: Rules = DEFAULT_PARAM_RULES,
     return tuple(param_rules), tuple(activation_rules)
 
 
+def mesh_axes(num_axes: int) -> tuple[str, ...]:
+    """The axis names of a mesh shape of `num_axes` entries: 3, or 4 with `expert`."""
+    if num_axes not in (len(MESH_AXES), len(MESH_AXES) + 1):
+        raise ConfigError(f"a mesh shape has {num_axes} entries: give 3 (data, fsdp, tensor) "
+                          f"or 4 (data, fsdp, tensor, {EXPERT_AXIS}).")
+    return (*MESH_AXES, EXPERT_AXIS)[:num_axes]
+
+
 def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
     """Replaces a single -1 in `mesh_shape` by the devices left over."""
-    if len(mesh_shape) != len(MESH_AXES):
+    if len(mesh_shape) not in (len(MESH_AXES), len(MESH_AXES) + 1):
         raise ConfigError(
-            f"MESH_SHAPE={tuple(mesh_shape)} must have 3 entries (data, fsdp, tensor).")
+            f"MESH_SHAPE={tuple(mesh_shape)} must have 3 entries (data, fsdp, tensor) or 4 "
+            f"(data, fsdp, tensor, {EXPERT_AXIS}).")
     if list(mesh_shape).count(-1) > 1:
         raise ConfigError(f"MESH_SHAPE={tuple(mesh_shape)} may hold at most one -1.")
     known = math.prod(d for d in mesh_shape if d != -1)
@@ -72,7 +85,7 @@ def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int
 
 def create_mesh(mesh_shape: Sequence[int], devices=None,
                 dcn_mesh_shape: Sequence[int] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all (or the given) devices.
+    """A (data, fsdp, tensor[, expert]) mesh over all (or the given) devices.
 
     With `dcn_mesh_shape` (not all 1s), `mesh_shape` is the mesh within one slice
     (a TPU slice; one process's devices where the devices are not in several slices)
@@ -81,16 +94,17 @@ def create_mesh(mesh_shape: Sequence[int], devices=None,
     devices = jax.devices() if devices is None else devices
     if dcn_mesh_shape is None or all(d == 1 for d in dcn_mesh_shape):
         shape = resolve_mesh_shape(mesh_shape, len(devices))
-        return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
-    return Mesh(_hybrid_device_grid(mesh_shape, dcn_mesh_shape, devices), MESH_AXES)
+        return Mesh(np.asarray(devices).reshape(shape), mesh_axes(len(shape)))
+    grid = _hybrid_device_grid(mesh_shape, dcn_mesh_shape, devices)
+    return Mesh(grid, mesh_axes(grid.ndim))
 
 
 def _hybrid_device_grid(mesh_shape, dcn_mesh_shape, devices) -> np.ndarray:
     """Devices laid out as slices (over DCN) of per-slice meshes (over ICI)."""
-    dcn = tuple(dcn_mesh_shape)
-    if len(dcn) != len(MESH_AXES) or min(dcn) < 1:
-        raise ConfigError(f"DCN_MESH_SHAPE={dcn} must be 3 positive entries (data, fsdp, "
-                          f"tensor).")
+    dcn = tuple(dcn_mesh_shape) + (1,) * (len(mesh_shape) - len(dcn_mesh_shape))
+    if len(dcn) != len(mesh_shape) or min(dcn) < 1:
+        raise ConfigError(f"DCN_MESH_SHAPE={tuple(dcn_mesh_shape)} must be positive entries, "
+                          f"one per MESH_SHAPE entry (data, fsdp, tensor[, {EXPERT_AXIS}]).")
     slices = {getattr(d, "slice_index", None) for d in devices}
     by_slice = None not in slices and len(slices) > 1
     granules = slices if by_slice else {d.process_index for d in devices}
@@ -120,7 +134,7 @@ def _mesh_axes_for(name: str | None, rules: Rules) -> tuple[str, ...]:
 def logical_axis_sizes(name: str, mesh: Mesh, rules: Rules) -> dict[str, int]:
     """The mesh axes that `rules` split logical axis `name` over, with their sizes (with a
     DCN mesh, each size is the product over slices)."""
-    return {axis: mesh.shape[axis] for axis in _mesh_axes_for(name, rules)}
+    return {axis: mesh.shape[axis] for axis in _mesh_axes_for(name, rules) if axis in mesh.shape}
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
@@ -133,6 +147,8 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
     for name, dim in zip(logical_axes, shape):
         kept = []
         for axis in _mesh_axes_for(name, rules):
+            if axis not in mesh.shape:
+                continue
             size = math.prod(mesh.shape[a] for a in kept + [axis])
             if axis not in used and dim % size == 0:
                 kept.append(axis)

@@ -102,7 +102,7 @@ def build_setup(model_config, data, num_microbatches: int, mesh: Mesh) -> TrainS
 
 def check_batch_layout(setup: TrainSetup) -> None:
     """The batch's rows, and each microbatch's, must split evenly over the devices that the
-    activation rules shard `batch` over (data x fsdp by default); where they do not, the
+    activation rules shard `batch` over (data x fsdp x expert by default); where they do not, the
     batch would silently be replicated on every device instead."""
     axes = partitioning.logical_axis_sizes("batch", setup.mesh, setup.activation_rules)
     devices, rows, micro = math.prod(axes.values()), setup.global_batch_size, setup.num_microbatches

@@ -36,6 +36,8 @@ def init_cache(cfg: DecoderConfig, batch: int, length: int) -> KVCache:
 
 
 class Decoder(nnx.Module):
+    block_type = DecoderBlock  # A subclass may stack other blocks (same `decode`).
+
     def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs):
         if cfg.vocab_size is None:
             raise ValueError("Decoder needs a resolved vocab_size (DecoderConfig.with_vocab).")
@@ -44,10 +46,10 @@ class Decoder(nnx.Module):
         self.embed_VD = param(rngs, (V, D), ("vocab", "embed"), cfg.init_std)
         if cfg.scan_layers:
             self.blocks = layer_stack.stacked_blocks(
-                lambda block_rngs: DecoderBlock(cfg, block_rngs), cfg.num_layers, rngs)
+                lambda block_rngs: self.block_type(cfg, block_rngs), cfg.num_layers, rngs)
         else:
             for i in range(cfg.num_layers):
-                setattr(self, f"layer_{i}", DecoderBlock(cfg, rngs))
+                setattr(self, f"layer_{i}", self.block_type(cfg, rngs))
         self.final_norm = RMSNorm(D, cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.lm_head_DV = param(rngs, (D, V), ("embed", "vocab"), cfg.init_std)

@@ -1,0 +1,152 @@
+"""The mixture-of-experts family: dispatch against a dense reference, capacity drops in
+the documented order, the same losses on every mesh (expert parallelism included),
+routing metrics, and parameter and FLOP counts."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from t5x_lite.errors import ConfigError
+from t5x_lite.models.moe import MOE
+from t5x_lite.models.moe import experts as experts_lib
+from t5x_lite.models.moe.config import MoEConfig
+from t5x_lite.models.spec import ModelSpec
+from tests.helpers import packed_batch, tiny_training
+
+TINY_MOE = MoEConfig(num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8,
+                     vocab_size=128, num_experts=8, experts_per_token=2, expert_mlp_dim=16)
+
+
+def _experts(cfg=TINY_MOE, seed=0) -> experts_lib.RoutedExperts:
+    return experts_lib.RoutedExperts(cfg, nnx.Rngs(seed))
+
+
+def dense_reference(layer: experts_lib.RoutedExperts, x_BTD):
+    """Every expert on every token, masked by the routing weights."""
+    B, T, D = x_BTD.shape
+    x_ND = x_BTD.reshape(B * T, D)
+    routing = layer.router(x_ND)
+    rows_N1 = jnp.arange(B * T)[:, None]
+    mask_NE = jnp.zeros((B * T, layer.cfg.num_experts)).at[rows_N1, routing.expert_NK].set(
+        routing.weight_NK)
+    gate_NEF = jnp.einsum("ND,EDF->NEF", x_ND, layer.gate_EDF[...])
+    up_NEF = jnp.einsum("ND,EDF->NEF", x_ND, layer.up_EDF[...])
+    out_NED = jnp.einsum("NEF,EFD->NED", jax.nn.silu(gate_NEF) * up_NEF, layer.down_EFD[...])
+    return jnp.einsum("NED,NE->ND", out_NED, mask_NE).reshape(B, T, D)
+
+
+@pytest.mark.parametrize("router", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("dispatch", ["dropless", "capacity"])
+def test_dispatch_equals_the_dense_reference_in_outputs_and_gradients(router, dispatch):
+    cfg = dataclasses.replace(TINY_MOE, router=router, capacity_factor=8.0)
+    layer = _experts(cfg)
+    x_BTD = jax.random.normal(jax.random.key(1), (2, 12, cfg.embed_dim))
+    valid_BT = jnp.ones((2, 12), jnp.bool_)
+    graphdef, state = nnx.split(layer)
+
+    def output(state, reference: bool):
+        merged = nnx.merge(graphdef, state)
+        if reference:
+            return dense_reference(merged, x_BTD)
+        return merged(x_BTD, valid_BT, dispatch)[0]
+
+    ours, reference = output(state, False), output(state, True)
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
+    grads = [jax.grad(lambda s, r=r: jnp.sum(output(s, r) ** 2))(state) for r in (False, True)]
+    for ours_grad, reference_grad in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(ours_grad, reference_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_capacity_drops_later_choices_then_later_tokens_beyond_each_buffer():
+    """Assignments fill each expert's buffer all first choices first, each in token order."""
+    E, D, F = 2, 4, 3
+    weights = experts_lib.ExpertWeights(
+        *(jax.random.normal(jax.random.key(i), shape) for i, shape in
+          enumerate([(E, D, F), (E, D, F), (E, F, D)])))
+    x_ND = jax.random.normal(jax.random.key(9), (4, D))
+    # Capacity 2. Expert 0 is chosen first by tokens 0, 2, 3 and second by token 1: it
+    # keeps tokens 0 and 2. Expert 1 is chosen first by token 1, then second by tokens 0,
+    # 2, 3: it keeps tokens 1 and 0.
+    expert_NK = jnp.array([[0, 1], [1, 0], [0, 1], [0, 1]], jnp.int32)
+    weight_NK = jnp.full((4, 2), 0.5)
+    valid_N = jnp.array([True, True, True, True])
+    out_ND, kept_NK = experts_lib.with_capacity(x_ND, expert_NK, weight_NK, weights, 2, valid_N)
+    np.testing.assert_array_equal(kept_NK, [[True, True], [True, False], [True, False],
+                                            [False, False]])
+    full_ND = experts_lib.dropless(x_ND, expert_NK, weight_NK * kept_NK, weights)
+    np.testing.assert_allclose(out_ND, full_ND, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_takes_no_capacity_and_counts_in_no_statistic():
+    cfg = dataclasses.replace(TINY_MOE, dispatch="capacity", capacity_factor=1.0)
+    layer = _experts(cfg)
+    x_BTD = jax.random.normal(jax.random.key(2), (2, 8, cfg.embed_dim))
+    valid_BT = jnp.arange(8)[None, :] < jnp.array([[8], [3]])
+    _, stats = layer(x_BTD, valid_BT, "capacity")
+    assert float(stats["tokens"]) == 11
+    assert float(jnp.sum(stats["load_E"])) == 11 * cfg.experts_per_token
+
+
+def test_the_dropped_fraction_is_reported():
+    cfg = dataclasses.replace(TINY_MOE, dispatch="capacity", capacity_factor=0.25)
+    spec = ModelSpec.create(cfg)
+    batch = packed_batch(4, 32, cfg.vocab_size, seed=0)
+    sums = jax.jit(spec.loss)(spec.init_params(0), batch)
+    dropped = float(sums.aux["dropped_fraction"] / sums.weight)
+    # Buffers hold a quarter of the mean load, so at least three quarters are dropped.
+    assert 0.75 <= dropped < 1.0
+    ample = ModelSpec.create(dataclasses.replace(cfg, capacity_factor=8.0))
+    sums = jax.jit(ample.loss)(ample.init_params(0), batch)
+    assert float(sums.aux["dropped_fraction"]) == 0.0
+
+
+# --- training on meshes ---------------------------------------------------------------------
+
+@functools.cache
+def _initial_params(cfg) -> dict:
+    return jax.tree.map(np.asarray, ModelSpec.create(cfg).init_params(0))
+
+
+def run_losses(cfg, mesh_shape, num_steps=10):
+    with tiny_training(mesh_shape, 3, num_steps, cfg, params=_initial_params(cfg)) as (
+            state, step, batch_sharding):
+        losses = []
+        for i in range(num_steps):
+            batch = packed_batch(8, 32, cfg.vocab_size, seed=i % 2)
+            state, metrics = step(state, jax.device_put(batch, batch_sharding), i)
+            losses.append(float(metrics["loss"]))
+    return np.array(losses)
+
+
+@pytest.mark.parametrize("dispatch", ["dropless", "capacity"])
+def test_losses_match_across_expert_parallel_meshes(dispatch):
+    # Capacity high enough that nothing drops: the meshes then agree exactly.
+    cfg = dataclasses.replace(TINY_MOE, dispatch=dispatch, capacity_factor=8.0)
+    reference = run_losses(cfg, (2, 4, 1, 1))  # expert parallelism 1
+    assert np.all(np.isfinite(reference)) and reference[-1] < reference[0]
+    for mesh_shape in [(4, 1, 1, 2), (1, 2, 1, 4), (1, 1, 1, 8)]:
+        np.testing.assert_allclose(run_losses(cfg, mesh_shape), reference, rtol=1e-5,
+                                   err_msg=str(mesh_shape))
+
+
+# --- counts and configuration ---------------------------------------------------------------
+
+def test_active_parameters_count_k_of_e_experts_plus_shared():
+    cfg = dataclasses.replace(TINY_MOE, num_shared_experts=1)
+    total, active = MOE.param_count(cfg), MOE.param_count(cfg, active=True)
+    per_expert = 3 * cfg.embed_dim * cfg.expert_mlp_dim
+    assert total - active == cfg.num_layers * (cfg.num_experts - cfg.experts_per_token) * per_expert
+    dense = dataclasses.replace(cfg, num_experts=2, experts_per_token=2)
+    assert MOE.param_count(dense, active=True) == MOE.param_count(dense)
+
+
+def test_bad_routing_settings_are_refused():
+    with pytest.raises(ConfigError, match="experts_per_token=9"):
+        MoEConfig(num_experts=8, experts_per_token=9)
+    with pytest.raises(ConfigError, match="dispatch='sparse'"):
+        MoEConfig(dispatch="sparse")
