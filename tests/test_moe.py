@@ -150,3 +150,32 @@ def test_bad_routing_settings_are_refused():
         MoEConfig(num_experts=8, experts_per_token=9)
     with pytest.raises(ConfigError, match="dispatch='sparse'"):
         MoEConfig(dispatch="sparse")
+
+
+# --- loss-free balancing ----------------------------------------------------------------------
+
+def test_loss_free_balancing_moves_each_router_bias_towards_the_mean_load():
+    cfg = dataclasses.replace(TINY_MOE, bias_update_rate=0.01)
+    spec = ModelSpec.create(cfg)
+    load_LE = jnp.array([[4.0, 0, 2, 2, 0, 0, 0, 8], [2.0] * 8])
+    params = spec.init_params(0)
+    moved = spec.after_step(params, {"load_LE": load_LE})
+    bias_LE = moved["blocks"]["experts"]["router"]["router_bias_E"]
+    np.testing.assert_allclose(bias_LE[0], 0.01 * np.sign(2.0 - load_LE[0]))
+    np.testing.assert_array_equal(bias_LE[1], 0.0)
+    assert "router_bias_E" not in str(jax.tree_util.tree_structure(
+        ModelSpec.create(TINY_MOE).init_params(0)))
+
+
+def test_the_train_step_sets_the_router_bias_from_the_load_alone():
+    cfg = dataclasses.replace(TINY_MOE, bias_update_rate=0.01, load_balance_loss=0.0)
+    with tiny_training((1, 1, 1), 3, 3, cfg, params=_initial_params(cfg)) as (
+            state, step, batch_sharding):
+        for i in range(3):
+            state, _ = step(state, jax.device_put(packed_batch(8, 32, cfg.vocab_size, seed=i),
+                                                  batch_sharding), i)
+        bias_LE = np.asarray(state["params"]["blocks"]["experts"]["router"]["router_bias_E"])
+    # Three steps of +-0.01 (0 where an expert had exactly the mean load).
+    steps_LE = np.round(bias_LE / 0.01)
+    np.testing.assert_allclose(bias_LE, 0.01 * steps_LE, atol=1e-6)
+    assert np.abs(steps_LE).max() <= 3 and np.abs(steps_LE).sum() > 0

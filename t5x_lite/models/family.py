@@ -27,15 +27,17 @@ DEFAULT_FAMILY = "decoder"
 
 @dataclasses.dataclass(frozen=True)
 class LossOutput:
-    """Sums over a batch: weighted loss (auxiliary terms included), total weight, and each
-    auxiliary term on its own (reported, already inside `loss`)."""
+    """Sums over a batch: weighted loss (auxiliary terms included), total weight, each
+    auxiliary term on its own (reported, already inside `loss`), and the sums the family
+    reads back after the step (`after_step`; not reported)."""
 
     loss: jax.Array
     weight: jax.Array
     aux: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
+    state: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
 
 
-jax.tree_util.register_dataclass(LossOutput, data_fields=["loss", "weight", "aux"],
+jax.tree_util.register_dataclass(LossOutput, data_fields=["loss", "weight", "aux", "state"],
                                  meta_fields=[])
 
 
@@ -124,6 +126,12 @@ class ModelFamily(abc.ABC):
     def no_decay(self, cfg) -> tuple[str, ...]:
         """Names of parameters (path parts) never weight-decayed, besides vectors."""
         return ()
+
+    def after_step(self, cfg, params: dict, state: Mapping[str, jax.Array]) -> dict:
+        """The params after an optimizer update, given the step's `LossOutput.state` sums:
+        where a family keeps parameters that no gradient moves (e.g. router biases set
+        from the observed load). Runs inside the jitted step; healthy steps only."""
+        return params
 
     def tokens_per_row(self, task_lengths: Mapping[str, int]) -> int:
         """Tokens a batch row counts for throughput."""

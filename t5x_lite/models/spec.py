@@ -49,5 +49,8 @@ class ModelSpec:
     def loss(self, params: dict, batch) -> family_lib.LossOutput:
         return self.family.loss(self.cfg, self.bind(params), batch)
 
+    def after_step(self, params: dict, state) -> dict:
+        return self.family.after_step(self.cfg, params, state)
+
     def score(self, params: dict, batch):
         return self.family.score(self.cfg, self.bind(params), batch)

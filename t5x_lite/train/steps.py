@@ -76,9 +76,9 @@ def make_train_step(spec: ModelSpec, optimizer, schedule, state_shardings,
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         update_scale = health["lr_scale"] * faults.update_scale(position)
         updates = jax.tree.map(lambda u: u * update_scale, updates)
+        new_params = spec.after_step(optax.apply_updates(state["params"], updates), sums.state)
         new_state = {"step": state["step"] + 1, "health": health,
-                     "params": divergence.keep_if(
-                         healthy, optax.apply_updates(state["params"], updates), state["params"]),
+                     "params": divergence.keep_if(healthy, new_params, state["params"]),
                      "opt_state": divergence.keep_if(healthy, opt_state, state["opt_state"])}
         metrics = {"loss": loss, "grad_norm": grad_norm,
                    "learning_rate": schedule(state["step"]) * health["lr_scale"],

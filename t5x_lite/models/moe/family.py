@@ -41,7 +41,26 @@ class MoEFamily(DecoderFamily):
         routing_loss = cfg.load_balance_loss * balance + cfg.router_z_loss * router_z
         per_token = {"load_balance": balance, "router_z": router_z, **_load_metrics(cfg, stats)}
         aux = {"z_loss": z_sum, **{name: value * weight_sum for name, value in per_token.items()}}
-        return family_lib.LossOutput(loss_sum + routing_loss * weight_sum, weight_sum, aux)
+        return family_lib.LossOutput(loss_sum + routing_loss * weight_sum, weight_sum, aux,
+                                     {"load_LE": stats["load_E"]})
+
+    def after_step(self, cfg: MoEConfig, params: dict, state) -> dict:
+        """Loss-free balancing (DeepSeek V3): each layer's router bias moves by
+        `bias_update_rate` towards the experts that received fewer assignments than the
+        layer's mean this step, away from those that received more."""
+        if not cfg.uses_router_bias:
+            return params
+        step_LE = cfg.bias_update_rate * jnp.sign(
+            jnp.mean(state["load_LE"], axis=-1, keepdims=True) - state["load_LE"])
+        params = jax.tree.map(lambda x: x, params)  # a copy to update
+        if cfg.scan_layers:
+            router = params["blocks"]["experts"]["router"]
+            router["router_bias_E"] = router["router_bias_E"] + step_LE
+        else:
+            for layer in range(cfg.num_layers):
+                router = params[f"layer_{layer}"]["experts"]["router"]
+                router["router_bias_E"] = router["router_bias_E"] + step_LE[layer]
+        return params
 
     def param_count(self, cfg: MoEConfig, *, active: bool = False) -> int:
         abstract = nnx.eval_shape(lambda: MoEDecoder(cfg, nnx.Rngs(0)))
