@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from t5x_lite.errors import ConfigError
+from t5x_lite.inference import decoding
 from t5x_lite.models.moe import MOE
 from t5x_lite.models.moe import experts as experts_lib
 from t5x_lite.models.moe.config import MoEConfig
@@ -134,6 +135,32 @@ def test_losses_match_across_expert_parallel_meshes(dispatch):
                                    err_msg=str(mesh_shape))
 
 
+# --- decoding -----------------------------------------------------------------------------
+
+def _next_token(spec, params, sequence) -> int:
+    """The argmax of a full forward pass after `sequence` (one unpadded row)."""
+    tokens = np.asarray([[decoding.START_ID, *sequence]], np.int32)
+    batch = {"decoder_input_tokens": tokens, "decoder_segment_ids": np.ones_like(tokens),
+             "decoder_positions": np.arange(tokens.shape[1], dtype=np.int32)[None]}
+    return int(np.argmax(np.asarray(spec.logits(params, batch))[0, -1]))
+
+
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "unscanned"])
+def test_cached_greedy_decoding_equals_full_forward_argmax_after_dense_layers(scan_layers):
+    cfg = dataclasses.replace(TINY_MOE, num_layers=3, first_dense_layers=1, mlp_dim=48,
+                              num_shared_experts=1, scan_layers=scan_layers)
+    spec = ModelSpec.create(cfg)
+    params = spec.init_params(0)
+    assert ("dense_blocks" in params) == scan_layers
+    prompts, steps = [[5, 9, 13, 21], [7, 8]], 6
+    result = decoding.decode(spec, params, prompts, steps, eos_id=None)
+    for prompt, tokens in zip(prompts, result.tokens):
+        expected = []
+        for _ in range(steps):
+            expected.append(_next_token(spec, params, [*prompt, *expected]))
+        np.testing.assert_array_equal(tokens, expected)
+
+
 # --- counts and configuration ---------------------------------------------------------------
 
 def test_active_parameters_count_k_of_e_experts_plus_shared():
@@ -143,6 +170,9 @@ def test_active_parameters_count_k_of_e_experts_plus_shared():
     assert total - active == cfg.num_layers * (cfg.num_experts - cfg.experts_per_token) * per_expert
     dense = dataclasses.replace(cfg, num_experts=2, experts_per_token=2)
     assert MOE.param_count(dense, active=True) == MOE.param_count(dense)
+    first_dense = dataclasses.replace(cfg, num_layers=3, first_dense_layers=1)
+    assert MOE.param_count(first_dense) - MOE.param_count(first_dense, active=True) == (
+        2 * (cfg.num_experts - cfg.experts_per_token) * per_expert)
 
 
 def test_bad_routing_settings_are_refused():

@@ -36,23 +36,35 @@ def init_cache(cfg: DecoderConfig, batch: int, length: int) -> KVCache:
 
 
 class Decoder(nnx.Module):
-    block_type = DecoderBlock  # A subclass may stack other blocks (same `decode`).
-
     def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs):
         if cfg.vocab_size is None:
             raise ValueError("Decoder needs a resolved vocab_size (DecoderConfig.with_vocab).")
         self.cfg = cfg
         V, D = cfg.vocab_size, cfg.embed_dim
         self.embed_VD = param(rngs, (V, D), ("vocab", "embed"), cfg.init_std)
-        if cfg.scan_layers:
-            self.blocks = layer_stack.stacked_blocks(
-                lambda block_rngs: self.block_type(cfg, block_rngs), cfg.num_layers, rngs)
-        else:
+        for name, block_type, count in self.stacks():
+            if cfg.scan_layers:
+                setattr(self, name, layer_stack.stacked_blocks(
+                    lambda block_rngs, make=block_type: make(cfg, block_rngs), count, rngs))
+        if not cfg.scan_layers:
             for i in range(cfg.num_layers):
-                setattr(self, f"layer_{i}", self.block_type(cfg, rngs))
+                setattr(self, f"layer_{i}", self.block_type_of(i)(cfg, rngs))
         self.final_norm = RMSNorm(D, cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.lm_head_DV = param(rngs, (D, V), ("embed", "vocab"), cfg.init_std)
+
+    def stacks(self) -> list[tuple[str, type, int]]:
+        """(attribute, block type, layers) of each stack of blocks, in depth order; every
+        block type has `decode` with DecoderBlock's signature. Scanned, each stack is one
+        stacked module; unscanned, the blocks are `layer_0 ... layer_{L-1}` throughout."""
+        return [("blocks", DecoderBlock, self.cfg.num_layers)]
+
+    def block_type_of(self, layer: int) -> type:
+        for _, block_type, count in self.stacks():
+            if layer < count:
+                return block_type
+            layer -= count
+        raise IndexError(layer)
 
     def __call__(self, input_tokens_BT, positions_BT, segment_ids_BT) -> jax.Array:
         """Float32 logits [B, T, V] for the next token at every position."""
@@ -99,14 +111,24 @@ class Decoder(nnx.Module):
         return constrain(logits_BTV.astype(jnp.float32), ("batch", "length", "vocab"))
 
     def _decode_scanned(self, x_BTD, positions_BT, mask_B1TS, cache: KVCache, index):
-        graphdef, stacked_state = nnx.split(self.blocks)
+        """Each stack in turn, over its own layers' slice of the cache."""
+        k_caches, v_caches, start = [], [], 0
+        for name, _, count in self.stacks():
+            graphdef, stacked_state = nnx.split(getattr(self, name))
 
-        def body(carry_BTD, layer):
-            layer_state, k_BSKH, v_BSKH = layer
-            block = nnx.merge(graphdef, layer_state)
-            carry_BTD, k_BSKH, v_BSKH = block.decode(
-                carry_BTD, positions_BT, mask_B1TS, k_BSKH, v_BSKH, index)
-            return carry_BTD, (k_BSKH, v_BSKH)
+            def body(carry_BTD, layer, graphdef=graphdef):
+                layer_state, k_BSKH, v_BSKH = layer
+                block = nnx.merge(graphdef, layer_state)
+                carry_BTD, k_BSKH, v_BSKH = block.decode(
+                    carry_BTD, positions_BT, mask_B1TS, k_BSKH, v_BSKH, index)
+                return carry_BTD, (k_BSKH, v_BSKH)
 
-        x_BTD, (k_LBSKH, v_LBSKH) = jax.lax.scan(body, x_BTD, (stacked_state, *cache))
-        return x_BTD, KVCache(k_LBSKH, v_LBSKH)
+            layers = (stacked_state, cache.k_LBSKH[start:start + count],
+                      cache.v_LBSKH[start:start + count])
+            x_BTD, (k_LBSKH, v_LBSKH) = jax.lax.scan(body, x_BTD, layers)
+            k_caches.append(k_LBSKH)
+            v_caches.append(v_LBSKH)
+            start += count
+        if len(k_caches) == 1:
+            return x_BTD, KVCache(k_caches[0], v_caches[0])
+        return x_BTD, KVCache(jnp.concatenate(k_caches), jnp.concatenate(v_caches))

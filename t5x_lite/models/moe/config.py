@@ -24,13 +24,15 @@ class MoEConfig(DecoderConfig):
     and, with `bias_update_rate` > 0, DeepSeek V3's loss-free balancing: a per-expert
     bias added to the scores for selection only, moved each step by the rate towards
     the mean load. `router_z_loss` weighs the mean squared log-sum-exp of the logits.
-    `num_shared_experts` experts of `expert_mlp_dim` see every token.
+    `num_shared_experts` experts of `expert_mlp_dim` see every token. The first
+    `first_dense_layers` layers keep a dense MLP of `mlp_dim` (as DeepSeek's).
 
     Dispatch: 'dropless' (tokens sorted by expert, grouped matmuls) or 'capacity'
     (buffers of capacity_factor x tokens x k / E slots per expert; assignments beyond
     a buffer are dropped: first choices before second choices, each in token order).
     """
 
+    first_dense_layers: int = 0
     num_experts: int = 8
     experts_per_token: int = 2
     expert_mlp_dim: int = 128
@@ -49,6 +51,10 @@ class MoEConfig(DecoderConfig):
             raise ConfigError(
                 f"MoEConfig: experts_per_token={self.experts_per_token} must be between 1 and "
                 f"num_experts={self.num_experts}.")
+        if not 0 <= self.first_dense_layers < self.num_layers:
+            raise ConfigError(
+                f"MoEConfig: first_dense_layers={self.first_dense_layers} must be at least 0 "
+                f"and below num_layers={self.num_layers}.")
         if self.router not in ROUTERS:
             raise ConfigError(f"MoEConfig.router={self.router!r}: use one of {ROUTERS}.")
         if self.dispatch not in DISPATCHES:

@@ -57,9 +57,10 @@ class MoEFamily(DecoderFamily):
             router = params["blocks"]["experts"]["router"]
             router["router_bias_E"] = router["router_bias_E"] + step_LE
         else:
-            for layer in range(cfg.num_layers):
+            for index, step_E in enumerate(step_LE):
+                layer = cfg.first_dense_layers + index
                 router = params[f"layer_{layer}"]["experts"]["router"]
-                router["router_bias_E"] = router["router_bias_E"] + step_LE[layer]
+                router["router_bias_E"] = router["router_bias_E"] + step_E
         return params
 
     def param_count(self, cfg: MoEConfig, *, active: bool = False) -> int:
@@ -68,21 +69,26 @@ class MoEFamily(DecoderFamily):
         if not active:
             return total
         idle_experts = cfg.num_experts - cfg.experts_per_token
-        return total - cfg.num_layers * idle_experts * 3 * cfg.embed_dim * cfg.expert_mlp_dim
+        return total - _routed_layers(cfg) * idle_experts * 3 * cfg.embed_dim * cfg.expert_mlp_dim
 
     def flops_per_token(self, cfg: MoEConfig, task_lengths: Mapping[str, int]) -> float:
-        """As the decoder's, with each layer's MLP replaced by what a token runs: its k
-        experts, the shared experts and the router."""
+        """As the decoder's, with each routed layer's MLP replaced by what a token runs: its
+        k experts, the shared experts and the router."""
         D, N, K, H = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         experts_run = cfg.experts_per_token + cfg.num_shared_experts
-        per_layer = D * N * H * 2 + D * K * H * 2 + experts_run * 3 * D * cfg.expert_mlp_dim \
-            + D * cfg.num_experts
-        matmul_params = cfg.num_layers * per_layer + D * cfg.vocab_size
-        attention = 12 * cfg.num_layers * sum(task_lengths.values()) * N * H
-        return 6 * matmul_params + attention
+        attention = D * N * H * 2 + D * K * H * 2
+        routed = experts_run * 3 * D * cfg.expert_mlp_dim + D * cfg.num_experts
+        matmul_params = (cfg.num_layers * attention + cfg.first_dense_layers * 3 * D * cfg.mlp_dim
+                         + _routed_layers(cfg) * routed + D * cfg.vocab_size)
+        scores = 12 * cfg.num_layers * sum(task_lengths.values()) * N * H
+        return 6 * matmul_params + scores
 
     def no_decay(self, cfg) -> tuple[str, ...]:
         return ("embed_VD", "router_bias_E")
+
+
+def _routed_layers(cfg: MoEConfig) -> int:
+    return cfg.num_layers - cfg.first_dense_layers
 
 
 def _load_metrics(cfg: MoEConfig, stats) -> dict[str, jax.Array]:
@@ -93,8 +99,8 @@ def _load_metrics(cfg: MoEConfig, stats) -> dict[str, jax.Array]:
     metrics = {"router_entropy": jnp.mean(stats["entropy"]),
                "dropped_fraction": jnp.sum(stats["dropped"]) / assignments,
                "load_imbalance": jnp.mean(imbalance_L)}
-    for layer in range(cfg.num_layers):
-        metrics[f"load_imbalance/layer_{layer}"] = imbalance_L[layer]
+    for index in range(_routed_layers(cfg)):
+        metrics[f"load_imbalance/layer_{cfg.first_dense_layers + index}"] = imbalance_L[index]
     return metrics
 
 

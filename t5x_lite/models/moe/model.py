@@ -1,5 +1,5 @@
 """The mixture-of-experts decoder: the dense decoder's blocks with routed experts (and
-optional shared experts) in place of the MLP.
+optional shared experts) in place of the MLP, after `first_dense_layers` dense blocks.
 
 `MoEDecoder.forward` gives the logits and each layer's routing statistics, stacked
 along a leading layers axis ([L] scalars, [L, E] loads); decoding reuses the dense
@@ -13,7 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from t5x_lite.models import layer_stack
-from t5x_lite.models.decoder.layers import MLP, Attention, RMSNorm, attention_mask
+from t5x_lite.models.decoder.layers import (MLP, Attention, DecoderBlock, RMSNorm,
+                                            attention_mask)
 from t5x_lite.models.decoder.model import Decoder
 from t5x_lite.models.moe.config import MoEConfig
 from t5x_lite.models.moe.experts import RoutedExperts
@@ -55,7 +56,11 @@ class MoEBlock(nnx.Module):
 
 
 class MoEDecoder(Decoder):
-    block_type = MoEBlock
+    def stacks(self) -> list[tuple[str, type, int]]:
+        dense = self.cfg.first_dense_layers
+        stacks = [("dense_blocks", DecoderBlock, dense),
+                  ("blocks", MoEBlock, self.cfg.num_layers - dense)]
+        return [stack for stack in stacks if stack[2]]
 
     def __call__(self, input_tokens_BT, positions_BT, segment_ids_BT) -> jax.Array:
         return self.forward(input_tokens_BT, positions_BT, segment_ids_BT)[0]
@@ -67,17 +72,24 @@ class MoEDecoder(Decoder):
         mask_B1TS = attention_mask(segment_ids_BT)
         valid_BT = segment_ids_BT != 0
 
-        def apply(block, carry_BTD):
+        def dense(block, carry_BTD):
+            return block(carry_BTD, positions_BT, mask_B1TS), None
+
+        def routed(block, carry_BTD):
             return block(carry_BTD, positions_BT, mask_B1TS, valid_BT)
 
         if cfg.scan_layers:
-            x_BTD, stats = layer_stack.run_scanned_with_outputs(apply, self.blocks, x_BTD,
-                                                                cfg.remat_policy)
+            for name, block_type, _ in self.stacks():
+                apply = routed if block_type is MoEBlock else dense
+                x_BTD, stats = layer_stack.run_scanned_with_outputs(
+                    apply, getattr(self, name), x_BTD, cfg.remat_policy)
         else:
             per_layer = []
             for i in range(cfg.num_layers):
+                apply = routed if i >= cfg.first_dense_layers else dense
                 block = layer_stack.remat(getattr(self, f"layer_{i}"), cfg.remat_policy)
                 x_BTD, layer_stats = apply(block, x_BTD)
                 per_layer.append(layer_stats)
-            stats = jax.tree.map(lambda *layers: jnp.stack(layers), *per_layer)
+            stats = jax.tree.map(lambda *layers: jnp.stack(layers),
+                                 *per_layer[cfg.first_dense_layers:])
         return self._logits(x_BTD), stats
