@@ -433,9 +433,10 @@ def test_overwrite_replaces_the_output(tmp_path):
 
 def test_a_failure_while_writing_leaves_nothing(tmp_path):
     save_run(tmp_path / "run", SYNTHETIC, synthetic_params(SYNTHETIC, seed=0))
-    with_extra_ids = RunVocabulary(seqio_vocabulary=seqio.ByteVocabulary(extra_ids=10))
-    with pytest.raises(ConfigError, match="extra ids"):  # raised after the weights are written
-        export.export(tmp_path / "run", tmp_path / "hf", vocabulary=with_extra_ids)
+    pass_through = RunVocabulary(seqio_vocabulary=seqio.PassThroughVocabulary(size=300))
+    with pytest.raises(ConfigError, match="byte and SentencePiece vocabularies only"):
+        # raised after the weights are written
+        export.export(tmp_path / "run", tmp_path / "hf", vocabulary=pass_through)
     assert not (tmp_path / "hf").exists() and not leftovers(tmp_path / "hf")
 
 

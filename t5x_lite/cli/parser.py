@@ -144,7 +144,8 @@ def _export_hf(parser) -> None:
 
 def _import_hf(parser) -> None:
     parser.add_argument("--hf_dir", metavar="DIR",
-                        help="a transformers Llama checkpoint directory (local or gs://)")
+                        help="a transformers Llama or T5 v1.1 checkpoint directory (local or "
+                             "gs://)")
     _out_flag(parser, "the t5x_lite model directory to write")
     _add_bool(parser, "scan_layers", True, "write the scanned (stacked) layout")
     _overwrite_flag(parser)
@@ -199,8 +200,10 @@ COMMANDS = {
                     _build_vocab),
     "supervise": ("run a command, restarting it after preemption, a hang or a crash",
                   _supervise),
-    "export-hf": ("write a checkpoint as a Hugging Face Llama directory", _export_hf),
-    "import-hf": ("turn a Hugging Face Llama checkpoint into a t5x_lite model", _import_hf),
+    "export-hf": ("write a checkpoint as a Hugging Face directory (Llama or T5)",
+                  _export_hf),
+    "import-hf": ("turn a Hugging Face Llama or T5 checkpoint into a t5x_lite model",
+                  _import_hf),
     "eval": ("evaluate a checkpoint on a seqio Task or Mixture", _eval),
     "infer": ("decode prompts with a checkpoint and write JSON lines", _infer),
     "plan": ("predict a config's memory, FLOPs and step time on a mesh of chips", _plan),

@@ -3,13 +3,12 @@
 The params are restored with orbax into an abstract target placed on a mesh over
 all local devices, sharded as training shards them (`embed` over `fsdp`), so the
 full model lives only in device memory, spread over the devices. The host then
-copies out one tensor or one layer at a time: a slice `[i]` of the stacked
-`blocks` arrays of a scanned checkpoint, or the `layer_i` subtree of an unscanned
-one. The checkpoint may have been written from any mesh; orbax reshards on restore.
+copies out one tensor or one layer at a time (`to_host`; `layer_layout` finds a
+layer in the scanned or unscanned layout). The checkpoint may have been written
+from any mesh; orbax reshards on restore.
 """
 
 import dataclasses
-from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -99,12 +98,3 @@ def to_host(tree) -> dict:
     """A small subtree copied to host memory as numpy arrays."""
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
-
-def host_layers(params: dict, cfg) -> Iterator[tuple[int, dict]]:
-    """(index, that block's params on the host), one block at a time."""
-    for index in range(cfg.num_layers):
-        if cfg.scan_layers:
-            layer = jax.tree.map(lambda stacked, i=index: stacked[i], params["blocks"])
-        else:
-            layer = params[f"layer_{index}"]
-        yield index, to_host(layer)

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from t5x_lite.hf import layer_layout
 from t5x_lite.models.decoder.config import DecoderConfig
 
 EMBED = "model.embed_tokens.weight"
@@ -128,19 +129,9 @@ def head_to_hf(final_norm_scale: np.ndarray, lm_head_DV: np.ndarray | None) -> d
 def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: DecoderConfig) -> dict:
     """The full t5x_lite params tree (scanned or not, per `cfg.scan_layers`)."""
     layers = [layer_from_hf(tensors, index, cfg) for index in range(cfg.num_layers)]
-    params = {"embed_VD": tensors[EMBED], "final_norm": {"scale": tensors[FINAL_NORM]}}
-    if cfg.scan_layers:
-        params["blocks"] = _stack(layers)
-    else:
-        params.update({f"layer_{index}": layer for index, layer in enumerate(layers)})
+    params = {"embed_VD": tensors[EMBED], "final_norm": {"scale": tensors[FINAL_NORM]},
+              **layer_layout.from_layers(layers, cfg.scan_layers)}
     if not cfg.tie_embeddings:
         params["lm_head_DV"] = tensors[LM_HEAD].T
     return params
 
-
-def _stack(layers: list[dict]) -> dict:
-    """Blocks stacked along a new leading `layers` axis, as the scanned layout holds them."""
-    first = layers[0]
-    if isinstance(first, Mapping):
-        return {key: _stack([layer[key] for layer in layers]) for key in first}
-    return np.stack(layers)

@@ -1,15 +1,19 @@
-"""`t5x_lite export-hf`: a run's checkpoint as a Hugging Face Llama directory.
+"""`t5x_lite export-hf`: a run's checkpoint as a Hugging Face directory.
 
 The directory holds `config.json`, the weights as safetensors (sharded with an
-index above `max_shard_size`), `generation_config.json` and the tokenizer files,
-and loads offline with `AutoModelForCausalLM` and `AutoTokenizer`. Params are
+index above `max_shard_size`), `generation_config.json` and the tokenizer files, in
+the architecture of the checkpoint family's mapping (`mappings`: the decoder as
+`LlamaForCausalLM`, the encoder-decoder as `T5ForConditionalGeneration`), and loads
+offline with `transformers`' Auto classes and `AutoTokenizer`. Params are
 restored onto the local devices and copied to the host one layer at a time (see
 `checkpoint_reader`); the host never holds more than one layer plus one shard.
 Everything is written beside the output and renamed at the end (`output_dir`).
 
-t5x_lite trains on inputs shifted right with id 0 (pad) in front of every example,
-so a prompt for the exported model starts with id 0, with an explicit all-ones
+t5x_lite's decoder trains on inputs shifted right with id 0 (pad) in front of every
+example, so a prompt for the exported Llama starts with id 0, with an explicit all-ones
 attention mask (else `generate` takes that id for padding); the tokenizer adds no BOS.
+The T5 decoder starts from id 0 itself (`decoder_start_token_id`); its prompt is the
+encoder's input as it is.
 """
 
 import dataclasses
@@ -19,8 +23,8 @@ import jax.numpy as jnp
 
 from t5x_lite import storage
 from t5x_lite.errors import ConfigError
-from t5x_lite.hf import checkpoint_reader, llama_config, mappings, output_dir, tokenizer_files
-from t5x_lite.hf.mapping import HFMapping
+from t5x_lite.hf import checkpoint_reader, mappings, output_dir, tokenizer_files
+from t5x_lite.hf.mapping import HFMapping, TokenIds
 from t5x_lite.hf.safetensors_writer import (
     DEFAULT_MAX_SHARD_SIZE,
     ShardedSafetensorsWriter,
@@ -50,15 +54,14 @@ def _check_options(dtype: str, max_shard_size: str) -> int:
     return max_shard_bytes
 
 
-def _token_ids(checkpoint, vocabulary: RunVocabulary) -> llama_config.TokenIds:
+def _token_ids(checkpoint, vocabulary: RunVocabulary) -> TokenIds:
     imported = checkpoint.record.hf
     if imported is not None:
-        return llama_config.TokenIds(**imported.get("token_ids", {}))
+        return TokenIds(**imported.get("token_ids", {}))
     seqio_vocabulary = vocabulary.seqio_vocabulary
     if seqio_vocabulary is None:
-        return llama_config.TokenIds()
-    return llama_config.TokenIds(bos=None, eos=seqio_vocabulary.eos_id,
-                                 pad=seqio_vocabulary.pad_id)
+        return TokenIds()
+    return TokenIds(bos=None, eos=seqio_vocabulary.eos_id, pad=seqio_vocabulary.pad_id)
 
 
 def _check_vocab_size(cfg, vocabulary: RunVocabulary) -> None:
@@ -119,8 +122,7 @@ def export(model_dir: str, out: str, *, step: int | None = None, dtype: str = "f
     with output_dir.atomic_directory(out, overwrite) as partial:
         weight_files = write_weights(hf, params, cfg, partial, dtype, max_shard_bytes)
         _write_json(partial, "config.json", config)
-        _write_json(partial, "generation_config.json",
-                    llama_config.generation_config(token_ids))
+        _write_json(partial, "generation_config.json", hf.generation_config(token_ids))
         tokenizer = _write_tokenizer(vocabulary, partial, cfg.vocab_size)
     return ExportSummary(str(storage.path(out)), checkpoint.step, weight_files, tokenizer)
 

@@ -4,7 +4,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from t5x_lite.hf import checkpoint_reader, convert, llama_config
+from t5x_lite.hf import checkpoint_reader, convert, layer_layout, llama_config
 from t5x_lite.hf.mapping import HFMapping
 
 _GIN_FIELDS = ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
@@ -14,6 +14,7 @@ _GIN_FIELDS = ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim
 class LlamaMapping(HFMapping):
     family = "decoder"
     model_type = "llama"
+    architecture = llama_config.ARCHITECTURE
 
     def check_expressible(self, cfg) -> None:
         llama_config.check_expressible(cfg)
@@ -22,10 +23,13 @@ class LlamaMapping(HFMapping):
         return llama_config.to_llama(cfg, dtype=dtype, token_ids=token_ids,
                                      max_position_embeddings=max_position_embeddings)
 
+    def generation_config(self, token_ids) -> dict:
+        return llama_config.generation_config(token_ids)
+
     def tensors_to_hf(self, params: dict, cfg) -> Iterator[dict[str, np.ndarray]]:
         to_host = checkpoint_reader.to_host
         yield convert.embedding_to_hf(to_host(params["embed_VD"]))
-        for index, layer in checkpoint_reader.host_layers(params, cfg):
+        for index, layer in layer_layout.host_layers(params, cfg.num_layers, cfg.scan_layers):
             yield convert.layer_to_hf(layer, index)
         lm_head_DV = None if cfg.tie_embeddings else to_host(params["lm_head_DV"])
         yield convert.head_to_hf(to_host(params["final_norm"]["scale"]), lm_head_DV)

@@ -6,24 +6,14 @@ Reading: only what the t5x_lite decoder computes is accepted; anything else (rop
 scaling, biases, another activation, another model type) is a one-line ConfigError.
 """
 
-import dataclasses
-
 from t5x_lite.errors import ConfigError
+from t5x_lite.hf.mapping import TokenIds
 from t5x_lite.models.decoder.config import DecoderConfig
 
 ARCHITECTURE = "LlamaForCausalLM"
 # Llama's defaults for fields a config.json may leave out.
 _LLAMA_DEFAULTS = {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
                    "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False}
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenIds:
-    """The special token ids the HF configs carry."""
-
-    bos: int | list[int] | None = None
-    eos: int | list[int] | None = 1
-    pad: int | list[int] | None = 0
 
 
 def check_expressible(cfg: DecoderConfig) -> None:
@@ -116,11 +106,6 @@ def from_llama(llama: dict, scan_layers: bool, where: str) -> DecoderConfig:
         init_std=float(llama.get("initializer_range", 0.02)),
         scan_layers=scan_layers,
     )
-
-
-def token_ids_from_llama(llama: dict) -> TokenIds:
-    return TokenIds(bos=llama.get("bos_token_id"), eos=llama.get("eos_token_id"),
-                    pad=llama.get("pad_token_id"))
 
 
 def generation_config(token_ids: TokenIds) -> dict:

@@ -6,10 +6,24 @@ one layer at a time on the way out.
 """
 
 import abc
-from collections.abc import Iterator, Mapping
+import dataclasses
+from collections.abc import Iterator, Mapping, Set
 
 import numpy as np
 
+
+@dataclasses.dataclass(frozen=True)
+class TokenIds:
+    """The special token ids the HF configs carry."""
+
+    bos: int | list[int] | None = None
+    eos: int | list[int] | None = 1
+    pad: int | list[int] | None = 0
+
+
+def token_ids_from_hf(hf_config: dict) -> TokenIds:
+    return TokenIds(bos=hf_config.get("bos_token_id"), eos=hf_config.get("eos_token_id"),
+                    pad=hf_config.get("pad_token_id"))
 
 
 class HFMapping(abc.ABC):
@@ -17,14 +31,20 @@ class HFMapping(abc.ABC):
 
     family: str          # the t5x_lite family name
     model_type: str      # the HF config's model_type
+    architecture: str    # the transformers class, as config.json names it
 
     @abc.abstractmethod
     def check_expressible(self, cfg) -> None:
         """Raises ConfigError if the HF architecture cannot compute what `cfg` computes."""
 
     @abc.abstractmethod
-    def config_to_hf(self, cfg, *, dtype: str, token_ids, max_position_embeddings: int) -> dict:
+    def config_to_hf(self, cfg, *, dtype: str, token_ids: TokenIds,
+                     max_position_embeddings: int) -> dict:
         """The HF `config.json`."""
+
+    @abc.abstractmethod
+    def generation_config(self, token_ids: TokenIds) -> dict:
+        """The HF `generation_config.json`."""
 
     @abc.abstractmethod
     def tensors_to_hf(self, params: dict, cfg) -> Iterator[dict[str, np.ndarray]]:
@@ -36,11 +56,16 @@ class HFMapping(abc.ABC):
 
     @abc.abstractmethod
     def hf_tensor_shapes(self, cfg) -> dict[str, tuple[int, ...]]:
-        """Every tensor the HF checkpoint of `cfg` holds, with its shape."""
+        """Every tensor the HF checkpoint of `cfg` must hold, with its shape."""
 
     @abc.abstractmethod
     def optional_tensors(self, cfg) -> set[str]:
-        """Tensors an HF checkpoint may hold beyond `hf_tensor_shapes` (ignored)."""
+        """Tensors an HF checkpoint may hold beyond `hf_tensor_shapes`."""
+
+    def tensors_to_read(self, cfg, present: Set[str]) -> dict[str, tuple[int, ...]]:
+        """The tensors `params_from_hf` needs, with their shapes, of those `present` in the
+        checkpoint: by default the required ones (optional tensors are ignored)."""
+        return self.hf_tensor_shapes(cfg)
 
     @abc.abstractmethod
     def params_from_hf(self, tensors: Mapping[str, np.ndarray], cfg) -> dict:

@@ -3,8 +3,9 @@
 from t5x_lite.errors import ConfigError
 from t5x_lite.hf.llama import LLAMA
 from t5x_lite.hf.mapping import HFMapping
+from t5x_lite.hf.t5 import T5
 
-MAPPINGS: tuple[HFMapping, ...] = (LLAMA,)
+MAPPINGS: tuple[HFMapping, ...] = (LLAMA, T5)
 
 
 def for_family(family: str) -> HFMapping:

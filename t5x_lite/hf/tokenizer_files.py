@@ -1,15 +1,20 @@
 """Hugging Face tokenizer files that encode and decode as the run's seqio vocabulary does.
 
-- Byte vocabulary -> `ByT5Tokenizer`: pad 0, eos 1, unk 2, byte b is id b + 3; the
-  model's ids past the bytes (its vocabulary is rounded up) are ByT5's special
-  `<extra_id_i>` tokens, so every id the model can emit decodes, and
-  `skip_special_tokens=True` drops them as seqio drops them. Like every ByT5
-  tokenizer it appends EOS unless called with `add_special_tokens=False`;
-  t5x_lite's tasks end each example with EOS as well.
+- Byte vocabulary -> `ByT5Tokenizer`: pad 0, eos 1, unk 2, byte b is id b + 3; then
+  the vocabulary's extra ids as special tokens `<extra_id_k>` at seqio's ids
+  (`vocab_size - 1 - k`: ByT5's layout), then the model's ids past the vocabulary
+  (its table is rounded up) as special tokens `<unused_j>`, so every id the model
+  can emit decodes, and `skip_special_tokens=True` drops them as seqio drops them.
+  Like every ByT5 tokenizer it appends EOS unless called with
+  `add_special_tokens=False`; t5x_lite's tasks end each example with EOS as well.
 - SentencePiece (BPE, byte fallback, identity normalization, no dummy prefix, as
   `vocabularies.py` trains it) -> `LlamaTokenizer` with a `tokenizer.json`: the same
   pieces and ids, BPE merges ranked by the SentencePiece scores, spaces as U+2581,
-  no prefix space, no BOS or EOS added; the `.model` file is kept beside it.
+  no prefix space, no BOS or EOS added; the `.model` file is kept beside it. (T5's
+  own tokenizer class is a Unigram model over whitespace-split words: it cannot
+  encode as this BPE model does.) Extra ids are seqio's pieces `▁<extra_id_k>`, at
+  ids `vocab_size - 1 - k`: added tokens ` <extra_id_k>` (with the space), matched
+  in text and decoded as seqio matches and decodes them.
 
 Both set `split_special_tokens`, so text that spells a special token ("</s>") is
 encoded as text, as SentencePiece and seqio encode it. Other vocabularies or
@@ -34,25 +39,25 @@ def write_tokenizer(vocabulary, directory: str, model_vocab_size: int) -> str:
                       "writes tokenizers for byte and SentencePiece vocabularies only.")
 
 
-def _check_no_extra_ids(vocabulary) -> None:
-    if vocabulary.extra_ids:
-        raise ConfigError(f"the run's vocabulary has {vocabulary.extra_ids} extra ids; "
-                          "export-hf supports vocabularies without them.")
+def _extra_id_tokens(extra_ids: int, template: str = "<extra_id_{}>") -> list[str]:
+    """The extra ids' tokens in id order: seqio numbers them down from the last id."""
+    return [template.format(k) for k in reversed(range(extra_ids))]
 
 
 def _write_byte_tokenizer(vocabulary, directory: str, model_vocab_size: int) -> str:
     from transformers import ByT5Tokenizer
-    _check_no_extra_ids(vocabulary)
-    unused_ids = max(0, model_vocab_size - vocabulary.vocab_size)
-    ByT5Tokenizer(extra_ids=unused_ids, split_special_tokens=True).save_pretrained(directory)
+    unused = [f"<unused_{j}>" for j in range(max(0, model_vocab_size - vocabulary.vocab_size))]
+    ByT5Tokenizer(extra_ids=vocabulary.extra_ids,
+                  additional_special_tokens=_extra_id_tokens(vocabulary.extra_ids) + unused,
+                  split_special_tokens=True).save_pretrained(directory)
     return "ByT5Tokenizer"
 
 
 def _write_sentencepiece_tokenizer(vocabulary, directory: str) -> str:
+    from tokenizers import AddedToken
     from transformers import LlamaTokenizer
-    _check_no_extra_ids(vocabulary)
     model_bytes = vocabulary.sp_model
-    proto = _parse_model(model_bytes)
+    proto = _without_extra_ids(_parse_model(model_bytes), vocabulary.extra_ids)
     _check_sentencepiece(proto)
     ids = {piece.piece: index for index, piece in enumerate(proto.pieces)}
     spec = proto.trainer_spec
@@ -65,6 +70,8 @@ def _write_sentencepiece_tokenizer(vocabulary, directory: str) -> str:
         eos_token=special(spec.eos_id), unk_token=special(spec.unk_id),
         pad_token=special(spec.pad_id), add_bos_token=False, add_eos_token=False,
         add_prefix_space=False, legacy=False, split_special_tokens=True)
+    tokenizer.add_tokens([AddedToken(token, normalized=False, special=False)
+                          for token in _extra_id_tokens(vocabulary.extra_ids, " <extra_id_{}>")])
     tokenizer.save_pretrained(directory)
     storage.write_atomic(storage.join(directory, "tokenizer.model"), model_bytes)
     return "LlamaTokenizer"
@@ -74,6 +81,19 @@ def _parse_model(model_bytes: bytes):
     from sentencepiece import sentencepiece_model_pb2
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(model_bytes)
+    return proto
+
+
+def _without_extra_ids(proto, extra_ids: int):
+    """The model without the `extra_ids` pieces seqio appends to it (user-defined
+    `▁<extra_id_k>`, k counting down)."""
+    if not extra_ids:
+        return proto
+    appended = [piece.piece for piece in proto.pieces[-extra_ids:]]
+    if appended != _extra_id_tokens(extra_ids, "▁<extra_id_{}>"):
+        raise ConfigError("the run's SentencePiece vocabulary does not end in seqio's extra "
+                          "ids; export-hf cannot place them.")
+    del proto.pieces[-extra_ids:]
     return proto
 
 
