@@ -209,3 +209,19 @@ def test_the_train_step_sets_the_router_bias_from_the_load_alone():
     steps_LE = np.round(bias_LE / 0.01)
     np.testing.assert_allclose(bias_LE, 0.01 * steps_LE, atol=1e-6)
     assert np.abs(steps_LE).max() <= 3 and np.abs(steps_LE).sum() > 0
+
+
+def test_the_mixtral_size_has_mixtrals_parameter_counts():
+    import gin
+    from t5x_lite.config import gin_config
+    from t5x_lite.config.configurables import register_configurables
+    gin.clear_config()
+    register_configurables()
+    gin_config.parse(["models/moe/mixtral_8x7b.gin"], [])
+    try:
+        cfg = MoEConfig().with_vocab(32000)
+    finally:
+        gin.clear_config()
+    # mistralai/Mixtral-8x7B-v0.1: 46,702,792,704 parameters, 12,879,925,248 active.
+    assert MOE.param_count(cfg) == 46_702_792_704
+    assert MOE.param_count(cfg, active=True) == 12_879_925_248
