@@ -40,6 +40,18 @@ def losses_by_step(model_dir) -> dict[int, list[float]]:
     return losses
 
 
+def saved_state(model_dir, step: int) -> dict:
+    """The state saved at `step` as host numpy arrays, whatever mesh wrote it."""
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+    path = os.path.abspath(os.path.join(model_dir, "checkpoints", str(step), "state"))
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = checkpointer.metadata(path).item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as sock:

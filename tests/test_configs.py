@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from t5x_lite.config import gin_config
+from t5x_lite.config.configurables import register_configurables
 from t5x_lite.models.decoder.config import DecoderConfig
 from t5x_lite.models.spec import ModelSpec
 
@@ -57,8 +58,10 @@ def test_encoder_decoder_sizes_have_the_t5_v1_1_parameter_counts(size):
     from t5x_lite.models.encdec.config import EncDecConfig
     from t5x_lite.models.encdec.model import EncoderDecoder
     gin.clear_config()
+    register_configurables()  # the file binds train.model_config
     gin_config.parse([f"models/encdec/{size}.gin"], [])
     try:
+        assert isinstance(gin.get_bindings("train")["model_config"], EncDecConfig)
         cfg = EncDecConfig().with_vocab(32100)  # T5's 32,000 pieces and 100 extra ids
     finally:
         gin.clear_config()

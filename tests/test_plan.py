@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from t5x_lite.analysis import aot, hlo_stats, plan, step_analysis
+from t5x_lite.analysis import aot, hlo_stats, plan, plan_report, step_analysis
 from t5x_lite.observe import chips
 from t5x_lite.config import gin_config
 from t5x_lite.config.configurables import register_configurables
 from t5x_lite.parallel import partitioning
 from t5x_lite.errors import ConfigError
+from t5x_lite.models.encdec import ENCDEC
 from tests.cli import assert_one_line_error, run_cli
 
 # Every parameter of these models has an `embed` dimension that 8 divides.
@@ -152,3 +153,50 @@ def test_plan_cli_prints_and_writes_the_report(tmp_path):
     assert report["flops_per_step"]["config_over_compiled"] == pytest.approx(1.0, abs=0.1)
     assert report["communication_per_step_per_device"]["by_kind"]["all-gather"]["count"] > 0
     assert np.isfinite(report["prediction"]["tokens_per_second"])
+
+
+# --- the encoder-decoder ---------------------------------------------------------------------
+
+ENCDEC_TINY = ["models/encdec/tiny.gin", "runs/pretrain.gin"]
+ENCDEC_LENGTHS = {"inputs": 64, "targets": 16}
+
+
+def test_plan_of_an_encoder_decoder_counts_each_stack_over_its_own_rows():
+    parse_for_plan(ENCDEC_TINY, [f"TASK_FEATURE_LENGTHS = {ENCDEC_LENGTHS}", "BATCH_SIZE = 16"])
+    try:
+        report = plan.plan(ENCDEC_TINY, "8,1,1", "h100", 0.4)
+        cfg = aot.train_bindings()["model_config"].with_vocab(report["model"]["vocab_size"])
+    finally:
+        gin.clear_config()
+    text = plan_report.format_text(report)
+    assert "2 encoder + 2 decoder layers" in text
+    assert "16 rows x (encoder 64 + decoder 16) tokens = 1,280 tokens per step" in text
+    model = report["model"]
+    assert model["family"] == "encdec" and model["stacks"] == {
+        "encoder": {"layers": 2, "row_length": 64}, "decoder": {"layers": 2, "row_length": 16}}
+
+    flops_per_row = ENCDEC.flops_per_token(cfg, ENCDEC_LENGTHS) * ENCDEC.tokens_per_row(
+        ENCDEC_LENGTHS)
+    flops = report["flops_per_step"]
+    assert flops["config_total"] == pytest.approx(16 * flops_per_row, rel=1e-9)
+    # The family's count (cross-attention, each stack over its own row) is what compiles:
+    # leaving out the cross-attention keys and values alone would be 11% short here.
+    assert flops["config_over_compiled"] == pytest.approx(1.0, abs=0.01)
+    assert flops["loop_trip_counts"] == [2, 2, 2, 2]  # each stack's scan, forward and back
+
+
+def test_plan_refuses_an_encoder_decoder_without_inputs_lengths():
+    with pytest.raises(ConfigError, match="lengths of 'inputs' and 'targets'"):
+        setup_for(ENCDEC_TINY, ["TASK_FEATURE_LENGTHS = {'targets': 64}"], (8, 1, 1))
+
+
+def test_plan_cli_refuses_t5_xxl_on_a_v4_8_in_one_line(tmp_path):
+    output = tmp_path / "plan.json"
+    result = run_cli([sys.executable, "-m", "t5x_lite", "plan",
+                      "--gin_file=models/encdec/xxl.gin", "--gin_file=runs/pretrain.gin",
+                      "--gin.TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 114}",
+                      "--gin.EncDecConfig.vocab_size=32128", "--mesh=v4-8",
+                      f"--output={output}"], timeout=300)
+    assert_one_line_error(result, "plan", "xxl.gin", "does not fit v4 on mesh v4-8",
+                          "alone need", "GiB per device", "fsdp")
+    assert not output.exists()

@@ -8,9 +8,8 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
-from tests.cli import cli_env, losses_by_step, run_cli, train_command
+from tests.cli import cli_env, losses_by_step, run_cli, saved_state, train_command
 
 STEPS = 14
 MESH = "--gin.MESH_SHAPE=(2, 2, 1)"
@@ -34,17 +33,8 @@ def _start_and_kill_after(model_dir, kill_after_step: int):
     process.wait()
 
 
-def _saved_state(model_dir, step: int) -> dict:
-    """The state saved at `step` as host numpy arrays, whatever mesh wrote it."""
-    path = os.path.abspath(model_dir / "checkpoints" / str(step) / "state")
-    checkpointer = ocp.PyTreeCheckpointer()
-    tree = checkpointer.metadata(path).item_metadata.tree
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-
-
 def _assert_same_final_state(model_dir, reference_dir) -> None:
-    final, reference = _saved_state(model_dir, STEPS), _saved_state(reference_dir, STEPS)
+    final, reference = saved_state(model_dir, STEPS), saved_state(reference_dir, STEPS)
     assert jax.tree.structure(final) == jax.tree.structure(reference)
     jax.tree.map(np.testing.assert_array_equal, final, reference)
 

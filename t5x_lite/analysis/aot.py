@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from t5x_lite.models import family as family_lib
 from t5x_lite.parallel import partitioning
 from t5x_lite.train import setup as train_setup
 from t5x_lite.train.setup import TrainSetup
@@ -29,7 +30,10 @@ def train_bindings() -> dict:
     from t5x_lite.train import trainer
     defaults = {name: parameter.default for name, parameter in
                 inspect.signature(trainer.train).parameters.items()}
-    return {**defaults, **gin.get_bindings("train")}
+    bindings = {**defaults, **gin.get_bindings("train")}
+    if bindings["model_config"] is None:
+        bindings["model_config"] = family_lib.default_config()
+    return bindings
 
 
 def build_setup(bindings: dict, mesh: Mesh) -> TrainSetup:

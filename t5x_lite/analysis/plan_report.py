@@ -21,12 +21,14 @@ COMMUNICATION_NOTE = ("Communication is every collective in the compiled step, l
                       "(about half the wire bytes), and axes over DCN are timed at the "
                       "interconnect's speed too.")
 FLOPS_NOTE = ("Config FLOPs are the model family's flops_per_token (for the decoder 6 x matmul "
-              "params + 12 L T N H attention): the model FLOPs MFU counts. Compiled FLOPs are the step's matmuls "
+              "params + 12 L T N H attention; for the encoder-decoder each stack's matmuls "
+              "over its own row's tokens, cross-attention included): the model FLOPs MFU "
+              "counts. Compiled FLOPs are the step's matmuls "
               "with while loops times their trip counts; they also hold rematerialized "
               "forward work. XLA's cost_analysis counts each loop body once.")
 
 
-_MODEL_FIELDS = ("num_layers", "embed_dim", "vocab_size", "dtype", "remat_policy", "scan_layers")
+_MODEL_FIELDS = ("embed_dim", "vocab_size", "dtype", "remat_policy", "scan_layers")
 
 
 def _model(setup: TrainSetup) -> dict:
@@ -34,8 +36,10 @@ def _model(setup: TrainSetup) -> dict:
     key, feature = next(iter(setup.features.items()))
     rows = setup.batch_shardings[key].shard_shape((setup.global_batch_size, feature.length))[0]
     shape = {name: getattr(cfg, name, None) for name in _MODEL_FIELDS}
+    stacks = family.stacks(cfg, setup.task_feature_lengths)
     return {"family": family.name, "params": family.param_count(cfg),
             "active_params": family.param_count(cfg, active=True), **shape,
+            "stacks": {name: dataclasses.asdict(stack) for name, stack in stacks.items()},
             "sequence_length": setup.sequence_length,
             "global_batch_size": setup.global_batch_size, "rows_per_device": rows,
             "tokens_per_step": setup.tokens_per_step,
@@ -132,15 +136,30 @@ def _tera(value: float) -> str:
     return f"{value / 1e12:,.1f} TFLOP"
 
 
+def _layers_text(stacks: dict) -> str:
+    """'4 decoder layers', '24 encoder + 24 decoder layers'."""
+    return " + ".join(f"{stack['layers']} {name}" for name, stack in stacks.items()) + " layers"
+
+
+def _row_text(stacks: dict, sequence_length: int) -> str:
+    """'640 tokens' for one stack; '(encoder 512 + decoder 114) tokens' for several."""
+    if len(stacks) == 1:
+        return f"{sequence_length} tokens"
+    lengths = " + ".join(f"{name} {stack['row_length']}" for name, stack in stacks.items())
+    return f"({lengths}) tokens"
+
+
 def _header_lines(report: dict) -> list[str]:
     model, mesh, chip = report["model"], report["mesh"], report["chip"]
     shape = " x ".join(f"{axis} {size}" for axis, size in mesh["shape"].items())
     return [
         f"plan: {report['config']} on {mesh['name']} ({chip['name']})",
-        (f"model    {model['params'] / 1e9:.2f}B params, {model['num_layers']} layers, width "
-         f"{model['embed_dim']}, vocab {model['vocab_size']}; {model['dtype']} compute, remat "
+        (f"model    {model['params'] / 1e9:.2f}B params ({model['family']}), "
+         f"{_layers_text(model['stacks'])}, width {model['embed_dim']}, vocab "
+         f"{model['vocab_size']}; {model['dtype']} compute, remat "
          f"'{model['remat_policy']}', scan_layers={model['scan_layers']}"),
-        (f"batch    {model['global_batch_size']} rows x {model['sequence_length']} tokens = "
+        (f"batch    {model['global_batch_size']} rows x "
+         f"{_row_text(model['stacks'], model['sequence_length'])} = "
          f"{model['tokens_per_step']:,} tokens per step; {model['rows_per_device']} rows per "
          f"device; {_accumulation(model['num_microbatches'])}"),
         f"mesh     {shape} = {mesh['devices']} devices (simulated with CPU devices)",

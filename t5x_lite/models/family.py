@@ -51,6 +51,15 @@ class FeatureSpec:
     dtype: str = "int32"
 
 
+@dataclasses.dataclass(frozen=True)
+class Stack:
+    """One layer stack of a model (its decoder, its encoder): how many layers, and how many
+    tokens wide a batch row is for it."""
+
+    layers: int
+    row_length: int
+
+
 class ModelFamily(abc.ABC):
     """One kind of model. Subclasses set `name` and `config_type` and implement every method."""
 
@@ -123,6 +132,11 @@ class ModelFamily(abc.ABC):
     def flops_per_token(self, cfg, task_lengths: Mapping[str, int]) -> float:
         """Training FLOPs (forward and backward) per target-row token."""
 
+    def stacks(self, cfg, task_lengths: Mapping[str, int]) -> dict[str, Stack]:
+        """The model's layer stacks by name, as a plan reports them. Default: one decoder
+        of `cfg.num_layers` layers over the whole row."""
+        return {"decoder": Stack(cfg.num_layers, self.tokens_per_row(task_lengths))}
+
     def no_decay(self, cfg) -> tuple[str, ...]:
         """Names of parameters (path parts) never weight-decayed, besides vectors."""
         return ()
@@ -181,3 +195,9 @@ def by_name(name: str) -> ModelFamily:
 
 def default() -> ModelFamily:
     return by_name(DEFAULT_FAMILY)
+
+
+def default_config():
+    """The default family's config as gin binds it: what is trained where no gin file binds
+    `train.model_config` (the decoder's model files leave it to this)."""
+    return default().config_type()

@@ -109,7 +109,7 @@ def _data_record(data, vocabulary, stream: dict | None) -> DataRecord:
 
 @gin.configurable
 def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
-          model_config=gin.REQUIRED, data=gin.REQUIRED,
+          model_config=None, data=gin.REQUIRED,
           mesh_shape=(-1, 1, 1), dcn_mesh_shape=None,
           initial_checkpoint_path: str | None = None, seed: int = 0,
           num_microbatches: int = 1, log_every: int = 10, eval_every: int | None = None,
@@ -117,8 +117,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           task_eval_every: int | None = None,
           checkpoint: CheckpointConfig = CheckpointConfig(),
           peak_flops_per_device: float | None = None) -> dict:
-    """Trains `model_config` (a model family's config) until `train_steps`; returns the
-    last logged metrics.
+    """Trains `model_config` (a model family's config; None: the default family's) until
+    `train_steps`; returns the last logged metrics.
 
     Every `eval_every` steps the loss on `eval_steps` validation batches is logged; every
     `task_eval_every` steps the seqio evaluation of `task_eval` (decoding, metrics) runs.
@@ -132,6 +132,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     # Bad input is refused before anything is written under MODEL_DIR.
     model_dir = storage.check_model_dir(model_dir)
     _check_train_steps(train_steps)
+    if model_config is None:
+        model_config = family_lib.default_config()
     family = family_lib.for_config(model_config)
     data = input_pipeline.for_family(data, family)
     input_pipeline.validate(data, jax.process_index(), jax.process_count())

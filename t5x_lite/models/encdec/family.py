@@ -156,6 +156,11 @@ class EncDecFamily(family_lib.ModelFamily):
         pairs = Le * inputs * inputs + Ld * (targets * targets + targets * inputs)
         return (matmuls + 12 * NH * pairs) / self.tokens_per_row(task_lengths)
 
+    def stacks(self, cfg: EncDecConfig, task_lengths: Mapping[str, int]):
+        inputs, targets = _lengths(task_lengths)
+        return {"encoder": family_lib.Stack(cfg.num_encoder_layers, inputs),
+                "decoder": family_lib.Stack(cfg.num_decoder_layers, targets)}
+
     def no_decay(self, cfg) -> tuple[str, ...]:
         return ("embed_VD", "encoder_relpos_RN", "decoder_relpos_RN")
 
