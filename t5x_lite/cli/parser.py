@@ -144,8 +144,8 @@ def _export_hf(parser) -> None:
 
 def _import_hf(parser) -> None:
     parser.add_argument("--hf_dir", metavar="DIR",
-                        help="a transformers Llama or T5 v1.1 checkpoint directory (local or "
-                             "gs://)")
+                        help="a transformers Llama, T5 v1.1, Mixtral or Qwen3-MoE checkpoint "
+                             "directory (local or gs://)")
     _out_flag(parser, "the t5x_lite model directory to write")
     _add_bool(parser, "scan_layers", True, "write the scanned (stacked) layout")
     _overwrite_flag(parser)
@@ -200,9 +200,11 @@ COMMANDS = {
                     _build_vocab),
     "supervise": ("run a command, restarting it after preemption, a hang or a crash",
                   _supervise),
-    "export-hf": ("write a checkpoint as a Hugging Face directory (Llama or T5)",
+    "export-hf": ("write a checkpoint as a Hugging Face directory (Llama, T5, Mixtral or "
+                  "Qwen3-MoE)",
                   _export_hf),
-    "import-hf": ("turn a Hugging Face Llama or T5 checkpoint into a t5x_lite model",
+    "import-hf": ("turn a Hugging Face Llama, T5, Mixtral or Qwen3-MoE checkpoint into a "
+                  "t5x_lite model",
                   _import_hf),
     "eval": ("evaluate a checkpoint on a seqio Task or Mixture", _eval),
     "infer": ("decode prompts with a checkpoint and write JSON lines", _infer),

@@ -3,8 +3,11 @@
 The directory holds `config.json`, the weights as safetensors (sharded with an
 index above `max_shard_size`), `generation_config.json` and the tokenizer files, in
 the architecture of the checkpoint family's mapping (`mappings`: the decoder as
-`LlamaForCausalLM`, the encoder-decoder as `T5ForConditionalGeneration`), and loads
-offline with `transformers`' Auto classes and `AutoTokenizer`. Params are
+`LlamaForCausalLM`, the encoder-decoder as `T5ForConditionalGeneration`, the MoE
+decoder as `Qwen3MoeForCausalLM` with qk_norm, else `MixtralForCausalLM`), and loads
+offline with `transformers`' Auto classes and `AutoTokenizer` (except a Mixtral
+export's byte tokenizer: `AutoTokenizer` reads every Mixtral tokenizer as a
+`tokenizer.json` one, so load it with `ByT5Tokenizer`). Params are
 restored onto the local devices and copied to the host one layer at a time (see
 `checkpoint_reader`); the host never holds more than one layer plus one shard.
 Everything is written beside the output and renamed at the end (`output_dir`).
@@ -42,6 +45,7 @@ class ExportSummary:
     step: int
     weight_files: list[str]
     tokenizer: str | None
+    architecture: str
 
 
 def _check_options(dtype: str, max_shard_size: str) -> int:
@@ -108,7 +112,8 @@ def export(model_dir: str, out: str, *, step: int | None = None, dtype: str = "f
     max_shard_bytes = _check_options(dtype, max_shard_size)
     output_dir.check_writable(out, overwrite, protected=(model_dir,))
     checkpoint = checkpoint_reader.locate(model_dir, step)
-    cfg, hf = checkpoint.cfg, mappings.for_family(checkpoint.record.family)
+    cfg = checkpoint.cfg
+    hf = mappings.for_export(checkpoint.record.family, cfg)
     hf.check_expressible(cfg)
     if vocabulary is None:
         vocabulary = run_vocabulary(checkpoint.record, checkpoint.model_dir,
@@ -124,7 +129,8 @@ def export(model_dir: str, out: str, *, step: int | None = None, dtype: str = "f
         _write_json(partial, "config.json", config)
         _write_json(partial, "generation_config.json", hf.generation_config(token_ids))
         tokenizer = _write_tokenizer(vocabulary, partial, cfg.vocab_size)
-    return ExportSummary(str(storage.path(out)), checkpoint.step, weight_files, tokenizer)
+    return ExportSummary(str(storage.path(out)), checkpoint.step, weight_files, tokenizer,
+                         hf.architecture)
 
 
 def export_command(model_dir: str | None, out: str | None, step: int | None, dtype: str,
@@ -136,6 +142,7 @@ def export_command(model_dir: str | None, out: str | None, step: int | None, dty
     summary = export(model_dir, out, step=step, dtype=dtype, max_shard_size=max_shard_size,
                      overwrite=overwrite)
     tokenizer = summary.tokenizer or "none (the checkpoint records no vocabulary)"
-    print(f"exported step {summary.step} of {storage.path(model_dir)} to {summary.out}: "
-          f"{dtype} weights in {len(summary.weight_files)} file(s); tokenizer: {tokenizer}")
+    print(f"exported step {summary.step} of {storage.path(model_dir)} to {summary.out} as "
+          f"{summary.architecture}: {dtype} weights in {len(summary.weight_files)} file(s); "
+          f"tokenizer: {tokenizer}")
     return summary

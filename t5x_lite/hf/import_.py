@@ -1,7 +1,7 @@
 """`t5x_lite import-hf`: a local `transformers` checkpoint as a t5x_lite checkpoint.
 
 The config's `model_type` picks the family mapping (`mappings`): Llama for the decoder,
-T5 (v1.1) for the encoder-decoder.
+T5 (v1.1) for the encoder-decoder, Mixtral and Qwen3-MoE for the MoE decoder.
 
 Writes, all or nothing (`output_dir`):
 
@@ -143,8 +143,9 @@ def import_command(hf_dir: str | None, out: str | None, scan_layers: bool,
                    overwrite: bool):
     """`t5x_lite import-hf`: checks the flags, imports, and says what it wrote."""
     if not hf_dir or not out:
-        raise ConfigError("import-hf needs --hf_dir (a transformers Llama or T5 checkpoint, "
-                          "local or gs://) and --out (the t5x_lite model directory to write).")
+        raise ConfigError("import-hf needs --hf_dir (a transformers Llama, T5, Mixtral or "
+                          "Qwen3-MoE checkpoint, local or gs://) and --out (the t5x_lite "
+                          "model directory to write).")
     cfg = import_checkpoint(hf_dir, out, scan_layers=scan_layers, overwrite=overwrite)
     out = storage.path(out)
     print(f"imported {storage.path(hf_dir)} ({type(cfg).__name__}, "

@@ -2,7 +2,8 @@
 
 Export and import are generic: they ask the mapping of the checkpoint's family (or of
 the HF config's `model_type`) for the config both ways and for the tensors both ways,
-one layer at a time on the way out.
+one layer at a time on the way out. A family may have several mappings (the MoE
+decoder's Mixtral and Qwen3-MoE); `chosen_for_export` says which one a config exports as.
 """
 
 import abc
@@ -32,6 +33,11 @@ class HFMapping(abc.ABC):
     family: str          # the t5x_lite family name
     model_type: str      # the HF config's model_type
     architecture: str    # the transformers class, as config.json names it
+
+    def chosen_for_export(self, cfg) -> bool:
+        """Whether export-hf writes `cfg` as this architecture. A family's mappings are
+        asked in `mappings.MAPPINGS` order; its last one takes what no other took."""
+        return True
 
     @abc.abstractmethod
     def check_expressible(self, cfg) -> None:

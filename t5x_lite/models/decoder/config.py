@@ -20,7 +20,9 @@ class DecoderConfig:
     """Shape and numerics of a Llama-style decoder.
 
     `vocab_size=None` takes the size of the task's vocabulary, rounded up to a
-    multiple of `vocab_multiple` so the table shards evenly.
+    multiple of `vocab_multiple` so the table shards evenly. `qk_norm` RMS-normalizes
+    each query and key head (a learned scale over head_dim) before the rotary
+    embedding, as Qwen3 does.
     """
 
     num_layers: int = 2
@@ -34,6 +36,7 @@ class DecoderConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
+    qk_norm: bool = False
     z_loss: float = 0.0
     init_std: float = 0.02
     dtype: str = "float32"

@@ -21,8 +21,10 @@ def param(rngs: nnx.Rngs, shape, logical_axes, std: float) -> nnx.Param:
 
 
 class RMSNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float):
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=("embed",))
+    """RMS normalization over the last axis, whose logical name is `axis`."""
+
+    def __init__(self, dim: int, eps: float, axis: str = "embed"):
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=(axis,))
         self.eps = eps
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
@@ -62,6 +64,10 @@ class Attention(nnx.Module):
         self.k_DKH = param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), cfg.init_std)
         self.v_DKH = param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), cfg.init_std)
         self.o_NHD = param(rngs, (N, H, D), ("heads", "head_dim", "embed"), out_std)
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(H, cfg.norm_eps, axis="head_dim")
+            self.k_norm = RMSNorm(H, cfg.norm_eps, axis="head_dim")
         self.rope_theta = cfg.rope_theta
         self.dtype = cfg.compute_dtype
         self.implementation = cfg.attention
@@ -88,11 +94,14 @@ class Attention(nnx.Module):
         return self._output(out_BTNH), k_BSKH, v_BSKH
 
     def _project(self, x_BTD, positions_BT):
-        """Queries and keys (both rotated) and values of the tokens in x."""
+        """Queries and keys (normalized if qk_norm, then rotated) and values of the tokens
+        in x."""
         dtype = self.dtype
         q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q_DNH[...].astype(dtype))
         k_BSKH = jnp.einsum("BSD,DKH->BSKH", x_BTD, self.k_DKH[...].astype(dtype))
         v_BSKH = jnp.einsum("BSD,DKH->BSKH", x_BTD, self.v_DKH[...].astype(dtype))
+        if self.qk_norm:
+            q_BTNH, k_BSKH = self.q_norm(q_BTNH), self.k_norm(k_BSKH)
         q_BTNH = constrain(apply_rotary(q_BTNH, positions_BT, self.rope_theta),
                            ("batch", "length", "heads", "head_dim"))
         k_BSKH = constrain(apply_rotary(k_BSKH, positions_BT, self.rope_theta),
