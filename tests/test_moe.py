@@ -137,12 +137,15 @@ def test_losses_match_across_expert_parallel_meshes(dispatch):
 
 # --- decoding -----------------------------------------------------------------------------
 
-def _next_token(spec, params, sequence) -> int:
-    """The argmax of a full forward pass after `sequence` (one unpadded row)."""
-    tokens = np.asarray([[decoding.START_ID, *sequence]], np.int32)
-    batch = {"decoder_input_tokens": tokens, "decoder_segment_ids": np.ones_like(tokens),
-             "decoder_positions": np.arange(tokens.shape[1], dtype=np.int32)[None]}
-    return int(np.argmax(np.asarray(spec.logits(params, batch))[0, -1]))
+def _next_token(logits_fn, params, sequence, width: int = 16) -> int:
+    """The argmax of a full forward pass after `sequence`, one row right-padded to `width`
+    (causal: the padding after it changes nothing)."""
+    tokens = np.zeros((1, width), np.int32)
+    tokens[0, :len(sequence) + 1] = [decoding.START_ID, *sequence]
+    batch = {"decoder_input_tokens": tokens,
+             "decoder_segment_ids": (np.arange(width) <= len(sequence)).astype(np.int32)[None],
+             "decoder_positions": np.arange(width, dtype=np.int32)[None]}
+    return int(np.argmax(np.asarray(logits_fn(params, batch))[0, len(sequence)]))
 
 
 @pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "unscanned"])
@@ -154,10 +157,11 @@ def test_cached_greedy_decoding_equals_full_forward_argmax_after_dense_layers(sc
     assert ("dense_blocks" in params) == scan_layers
     prompts, steps = [[5, 9, 13, 21], [7, 8]], 6
     result = decoding.decode(spec, params, prompts, steps, eos_id=None)
+    logits_fn = jax.jit(spec.logits)
     for prompt, tokens in zip(prompts, result.tokens):
         expected = []
         for _ in range(steps):
-            expected.append(_next_token(spec, params, [*prompt, *expected]))
+            expected.append(_next_token(logits_fn, params, [*prompt, *expected]))
         np.testing.assert_array_equal(tokens, expected)
 
 
@@ -211,20 +215,24 @@ def test_the_train_step_sets_the_router_bias_from_the_load_alone():
     assert np.abs(steps_LE).max() <= 3 and np.abs(steps_LE).sum() > 0
 
 
-def test_the_mixtral_size_has_mixtrals_parameter_counts():
+# mistralai/Mixtral-8x7B-v0.1: 46,702,792,704 parameters, 12.9B active; Qwen/Qwen3-30B-A3B:
+# 30,532,122,624 parameters, 3.3B active.
+@pytest.mark.parametrize("size, vocab, total, active", [
+    ("mixtral_8x7b", 32000, 46_702_792_704, 12_879_925_248),
+    ("qwen3_30b_a3b", 151936, 30_532_122_624, 3_353_032_704)])
+def test_published_sizes_have_their_parameter_counts(size, vocab, total, active):
     import gin
     from t5x_lite.config import gin_config
     from t5x_lite.config.configurables import register_configurables
     gin.clear_config()
     register_configurables()
-    gin_config.parse(["models/moe/mixtral_8x7b.gin"], [])
+    gin_config.parse([f"models/moe/{size}.gin"], [])
     try:
-        cfg = MoEConfig().with_vocab(32000)
+        cfg = MoEConfig().with_vocab(vocab)
     finally:
         gin.clear_config()
-    # mistralai/Mixtral-8x7B-v0.1: 46,702,792,704 parameters, 12,879,925,248 active.
-    assert MOE.param_count(cfg) == 46_702_792_704
-    assert MOE.param_count(cfg, active=True) == 12_879_925_248
+    assert MOE.param_count(cfg) == total
+    assert MOE.param_count(cfg, active=True) == active
 
 
 # --- load balancing on the embedded corpus --------------------------------------------------

@@ -23,7 +23,7 @@ from t5x_lite.parallel import partitioning
 from t5x_lite.errors import ConfigError
 from t5x_lite.train.setup import TrainSetup
 
-_SHAPE_ARGUMENT = re.compile(r"^\s*\d+\s*,\s*\d+\s*,\s*\d+\s*$")
+_SHAPE_ARGUMENT = re.compile(r"^\s*\d+\s*(,\s*\d+\s*){2,3}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +37,10 @@ class MeshChoice:
 
     @property
     def full_shape(self) -> tuple[int, ...]:
-        """(data, fsdp, tensor) over all devices: each axis is slice axis x DCN axis."""
-        dcn = self.dcn_mesh_shape or (1,) * len(self.mesh_shape)
+        """(data, fsdp, tensor[, expert]) over all devices: each axis is slice axis x DCN
+        axis (an axis the DCN shape leaves out is 1 across slices)."""
+        dcn = tuple(self.dcn_mesh_shape or ())
+        dcn += (1,) * (len(self.mesh_shape) - len(dcn))
         return tuple(ici * across for ici, across in zip(self.mesh_shape, dcn))
 
 
@@ -79,7 +81,8 @@ def _from_shape(mesh_shape, dcn_mesh_shape, label: str) -> MeshChoice:
     shapes = [tuple(mesh_shape), tuple(dcn_mesh_shape or ())]
     if any(d < 1 for shape in shapes for d in shape):
         raise ConfigError(f"{label}: the plan needs every mesh axis given (no -1); pass "
-                          f"--mesh=NAME (a gin/meshes config) or --mesh=DATA,FSDP,TENSOR.")
+                          f"--mesh=NAME (a gin/meshes config) or --mesh=DATA,FSDP,TENSOR"
+                          f"[,EXPERT].")
     num_devices = math.prod(shapes[0]) * math.prod(shapes[1] or (1,))
     return MeshChoice(label, shapes[0], shapes[1] or None, num_devices)
 
@@ -93,7 +96,8 @@ def _gin_mesh_label(gin_files: list[str], mesh_shape) -> str:
 
 
 def resolve_mesh(mesh_arg: str | None, bindings: dict, gin_files: list[str] = ()) -> MeshChoice:
-    """--mesh as a mesh config name or path, a shape `1,8,1`, or else the gin config's mesh."""
+    """--mesh as a mesh config name or path, a shape `1,8,1` (or `1,8,1,4` with an expert
+    axis), or else the gin config's mesh."""
     if mesh_arg is None:
         return _from_shape(bindings["mesh_shape"], bindings["dcn_mesh_shape"],
                            _gin_mesh_label(gin_files, bindings["mesh_shape"]))

@@ -149,12 +149,19 @@ def _row_text(stacks: dict, sequence_length: int) -> str:
     return f"({lengths}) tokens"
 
 
+def _params_text(model: dict) -> str:
+    text = f"{model['params'] / 1e9:.2f}B params"
+    if model["active_params"] != model["params"]:
+        text += f", {model['active_params'] / 1e9:.2f}B active per token"
+    return text
+
+
 def _header_lines(report: dict) -> list[str]:
     model, mesh, chip = report["model"], report["mesh"], report["chip"]
     shape = " x ".join(f"{axis} {size}" for axis, size in mesh["shape"].items())
     return [
         f"plan: {report['config']} on {mesh['name']} ({chip['name']})",
-        (f"model    {model['params'] / 1e9:.2f}B params ({model['family']}), "
+        (f"model    {_params_text(model)} ({model['family']}), "
          f"{_layers_text(model['stacks'])}, width {model['embed_dim']}, vocab "
          f"{model['vocab_size']}; {model['dtype']} compute, remat "
          f"'{model['remat_policy']}', scan_layers={model['scan_layers']}"),

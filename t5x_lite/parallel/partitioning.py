@@ -187,6 +187,22 @@ def activation_sharding(mesh: Mesh, rules: Rules):
         _ACTIVATION_CONTEXT.reset(token)
 
 
+def map_batch_shards(fn, batched: tuple, shared: tuple):
+    """`fn(*batched, *shared)` on each device's share of the batch: the `batched` arrays
+    (and `fn`'s outputs) split along their first axis as activation rules split `batch`,
+    the `shared` arrays whole on every device (gathered first where sharded). For work
+    that must stay local to a device's rows, such as sorting tokens by expert. Outside
+    `activation_sharding`, `fn` on the whole arrays."""
+    context = _ACTIVATION_CONTEXT.get()
+    if context is None:
+        return fn(*batched, *shared)
+    mesh, rules = context
+    rows_spec = PartitionSpec(logical_to_spec(("batch",), batched[0].shape[:1], mesh, rules)[0])
+    in_specs = (rows_spec,) * len(batched) + (PartitionSpec(),) * len(shared)
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=rows_spec,
+                         check_vma=False)(*batched, *shared)
+
+
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """Sharding constraint on an activation; a no-op outside `activation_sharding`."""
     context = _ACTIVATION_CONTEXT.get()

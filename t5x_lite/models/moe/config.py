@@ -27,9 +27,10 @@ class MoEConfig(DecoderConfig):
     `num_shared_experts` experts of `expert_mlp_dim` see every token. The first
     `first_dense_layers` layers keep a dense MLP of `mlp_dim` (as DeepSeek's).
 
-    Dispatch: 'dropless' (tokens sorted by expert, grouped matmuls) or 'capacity'
-    (buffers of capacity_factor x tokens x k / E slots per expert; assignments beyond
-    a buffer are dropped: first choices before second choices, each in token order).
+    Dispatch, on each device's own tokens: 'dropless' (tokens sorted by expert, grouped
+    matmuls) or 'capacity' (buffers of capacity_factor x tokens x k / E slots per expert;
+    assignments beyond a buffer are dropped: first choices before second choices, each
+    in token order).
     """
 
     first_dense_layers: int = 0

@@ -2,7 +2,10 @@
 
 Shape letters: N tokens (batch x length, flattened), D embed, E experts, K experts per
 token, F expert width, A = N x K assignments (token, choice), C capacity per expert.
-Expert weights carry the `experts` logical axis, so an `expert` mesh axis shards them.
+Expert weights carry the `experts` logical axis, so an `expert` mesh axis shards them
+at rest. Dispatch runs on each device's own tokens (its share of the batch, as GShard's
+groups): the expert weights are gathered to it, as FSDP gathers a layer's weights, so
+tokens never leave their device.
 """
 
 from typing import NamedTuple
@@ -13,7 +16,7 @@ from flax import nnx
 
 from t5x_lite.models.decoder.layers import param
 from t5x_lite.models.moe.config import MoEConfig
-from t5x_lite.parallel.partitioning import constrain
+from t5x_lite.parallel.partitioning import map_batch_shards
 
 
 class Routing(NamedTuple):
@@ -78,13 +81,19 @@ class RoutedExperts(nnx.Module):
         dtype = self.cfg.compute_dtype
         weights = ExpertWeights(*(w[...].astype(dtype) for w in
                                   (self.gate_EDF, self.up_EDF, self.down_EFD)))
-        if dispatch == "dropless":
-            out_ND = dropless(x_ND, routing.expert_NK, routing.weight_NK, weights)
-            kept_NK = jnp.ones_like(routing.expert_NK, jnp.bool_)
-        else:
-            capacity = expert_capacity(B * T, self.cfg)
-            out_ND, kept_NK = with_capacity(x_ND, routing.expert_NK, routing.weight_NK,
-                                            weights, capacity, valid_N)
+        cfg = self.cfg
+
+        def dispatch_local(x_ND, expert_NK, weight_NK, valid_N, *weights):
+            weights = ExpertWeights(*weights)
+            if dispatch == "dropless":
+                return (dropless(x_ND, expert_NK, weight_NK, weights),
+                        jnp.ones_like(expert_NK, jnp.bool_))
+            capacity = expert_capacity(x_ND.shape[0], cfg)
+            return with_capacity(x_ND, expert_NK, weight_NK, weights, capacity, valid_N)
+
+        # Each device sorts and buffers its own tokens (its data shard, as GShard's groups).
+        out_ND, kept_NK = map_batch_shards(
+            dispatch_local, (x_ND, routing.expert_NK, routing.weight_NK, valid_N), weights)
         stats = statistics(routing, kept_NK, valid_N, self.cfg.num_experts)
         return out_ND.reshape(B, T, D).astype(x_BTD.dtype), stats
 
@@ -110,7 +119,8 @@ def dropless(x_ND, expert_NK, weight_NK, weights: ExpertWeights) -> jax.Array:
 
 
 def expert_capacity(num_tokens: int, cfg: MoEConfig) -> int:
-    """Slots per expert buffer: capacity_factor x the assignments an expert gets on average."""
+    """Slots per expert buffer for `num_tokens` tokens (one device's): capacity_factor x
+    the assignments an expert gets from them on average."""
     mean_load = num_tokens * cfg.experts_per_token / cfg.num_experts
     return max(1, int(-(-cfg.capacity_factor * mean_load // 1)))
 
@@ -132,12 +142,10 @@ def with_capacity(x_ND, expert_NK, weight_NK, weights: ExpertWeights, capacity: 
     x_KND = jnp.broadcast_to(x_ND[None], (K, N, D))
     buffer_ED = jnp.zeros((overflow + 1, D), x_ND.dtype).at[index_KN.reshape(-1)].set(
         x_KND.reshape(K * N, D))
-    buffer_ECD = constrain(buffer_ED[:overflow].reshape(E, capacity, D),
-                           ("experts", None, "embed"))
+    buffer_ECD = buffer_ED[:overflow].reshape(E, capacity, D)
     gate_ECF = jnp.einsum("ECD,EDF->ECF", buffer_ECD, weights.gate_EDF)
     up_ECF = jnp.einsum("ECD,EDF->ECF", buffer_ECD, weights.up_EDF)
     out_ECD = jnp.einsum("ECF,EFD->ECD", jax.nn.silu(gate_ECF) * up_ECF, weights.down_EFD)
-    out_ECD = constrain(out_ECD, ("experts", None, "embed"))
     rows_ED = jnp.concatenate([out_ECD.reshape(overflow, D), jnp.zeros((1, D), x_ND.dtype)])
     y_KND = rows_ED[index_KN] * weight_NK.T[..., None].astype(x_ND.dtype)
     return jnp.sum(y_KND, axis=0), kept_KN.T
