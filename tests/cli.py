@@ -52,6 +52,42 @@ def saved_state(model_dir, step: int) -> dict:
     return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
 
+def hang_then_kill(command: list[str], model_dir, saved_step: int = 4,
+                   num_devices: int = 4) -> int:
+    """Runs `command` (a train command whose host loop stalls after a later step, by
+    `FaultInjector.hang_at_step`) until step `saved_step`'s checkpoint is on disk and a
+    step past it is logged, then SIGKILLs it; returns the last step it logged."""
+    import signal  # pylint: disable=g-import-not-at-top
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=cli_env(num_devices))
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        saved = (model_dir / "checkpoints" / str(saved_step)).is_dir()
+        if saved and (model_dir / "metrics.jsonl").exists() and max(
+                losses_by_step(model_dir), default=0) > saved_step:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    return max(losses_by_step(model_dir))
+
+
+def assert_bitwise_resume(resumed_dir, reference_dir, steps: int, repeated_step: int) -> None:
+    """The resumed run logged every step's loss exactly as the reference did (step
+    `repeated_step` twice: before the kill and after) and saved the same final state."""
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    reference, resumed = losses_by_step(reference_dir), losses_by_step(resumed_dir)
+    assert sorted(resumed) == sorted(reference) == list(range(1, steps + 1))
+    assert len(resumed[repeated_step]) == 2
+    for step, losses in resumed.items():
+        assert all(loss == reference[step][0] for loss in losses), (step, losses, reference[step])
+    final, expected = saved_state(resumed_dir, steps), saved_state(reference_dir, steps)
+    assert jax.tree.structure(final) == jax.tree.structure(expected)
+    jax.tree.map(np.testing.assert_array_equal, final, expected)
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as sock:

@@ -3,18 +3,13 @@ bit-identically, fine-tuning a pretrained tiny T5 raises exact match by the `eva
 command, and `infer` continues prompts of its run directory."""
 
 import json
-import signal
-import subprocess
 import sys
-import time
 
-import jax
-import numpy as np
 import pytest
 
 from t5x_lite.inference import decoding, runner
 from t5x_lite.parallel import partitioning
-from tests.cli import cli_env, losses_by_step, run_cli, saved_state
+from tests.cli import assert_bitwise_resume, hang_then_kill, run_cli
 
 T5_TINY = "--gin_file=models/encdec/tiny.gin"
 
@@ -39,25 +34,6 @@ def _instruction_train(model_dir, *extra: str) -> list[str]:
             f"--gin.MODEL_DIR='{model_dir}'", *extra]
 
 
-def _hang_then_kill(model_dir) -> int:
-    """Runs until the host loop stalls after step 7, waits for step 4's checkpoint, then
-    SIGKILLs the process; returns the last step it logged."""
-    process = subprocess.Popen(_instruction_train(model_dir, "--gin.FaultInjector.hang_at_step=7"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=cli_env(4))
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        saved = (model_dir / "checkpoints" / "4").is_dir()
-        if saved and (model_dir / "metrics.jsonl").exists() and max(
-                losses_by_step(model_dir), default=0) >= 5:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    return max(losses_by_step(model_dir))
-
-
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """An uninterrupted instruction run: the reference of the resume, and the pretrained
@@ -70,20 +46,13 @@ def pretrained(tmp_path_factory):
 
 def test_sigkill_then_restart_replays_identical_losses(pretrained, tmp_path):
     reference_dir, resumed_dir = pretrained, tmp_path / "resumed"
-    reference = losses_by_step(reference_dir)
 
-    killed_at = _hang_then_kill(resumed_dir)
+    killed_at = hang_then_kill(
+        _instruction_train(resumed_dir, "--gin.FaultInjector.hang_at_step=7"), resumed_dir)
     result = run_cli(_instruction_train(resumed_dir), num_devices=4)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "restored step 4" in result.stderr, f"no resume (killed after step {killed_at})"
-    resumed = losses_by_step(resumed_dir)
-    assert sorted(resumed) == sorted(reference) == list(range(1, STEPS + 1))
-    assert len(resumed[5]) == 2  # step 5 ran before the kill and again after it
-    for step, losses in resumed.items():
-        assert all(loss == reference[step][0] for loss in losses), (step, losses, reference[step])
-    final, expected = saved_state(resumed_dir, STEPS), saved_state(reference_dir, STEPS)
-    assert jax.tree.structure(final) == jax.tree.structure(expected)
-    jax.tree.map(np.testing.assert_array_equal, final, expected)
+    assert_bitwise_resume(resumed_dir, reference_dir, STEPS, repeated_step=5)
 
 
 # --- fine-tuning, eval and infer ---------------------------------------------------------------
