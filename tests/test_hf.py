@@ -165,7 +165,7 @@ def save_run(model_dir, cfg: DecoderConfig, params, gin_config=RUN_GIN, step=7):
     checkpointer.close()
 
 
-def restore_host_params(model_dir, cfg: DecoderConfig) -> dict:
+def restore_host_params(model_dir, cfg) -> dict:
     spec = ModelSpec.create(cfg)
     abstract = jax.eval_shape(lambda: spec.init_params(0))
     one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -30,7 +30,6 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from t5x_lite.checkpoints import manager as checkpointing
 from t5x_lite.checkpoints.manager import CheckpointConfig, Checkpointer
 from t5x_lite.checkpoints.record import CheckpointRecord
 from t5x_lite.data import lm_task
@@ -43,6 +42,7 @@ from t5x_lite.parallel import partitioning
 from t5x_lite.pipeline import vocabularies
 from tests.cli import assert_one_line_error, run_cli
 from tests.helpers import TINY_ENCDEC, packed_encdec_batch, tiny_training
+from tests.test_hf import leftovers, restore_host_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TASK = "hf_t5_test_byte_t5"  # registered below: inputs and targets in the byte_t5 vocabulary
@@ -208,23 +208,6 @@ def save_run(model_dir, cfg: EncDecConfig, params, step=TRAIN_STEPS):
     checkpointer.wait()
     checkpointer.close()
 
-
-def restore_host_params(model_dir, cfg: EncDecConfig) -> dict:
-    spec = ModelSpec.create(cfg)
-    abstract = jax.eval_shape(lambda: spec.init_params(0))
-    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    params = checkpointing.restore_params(str(model_dir), abstract,
-                                          jax.tree.map(lambda _: one_device, abstract))
-    return jax.tree.map(np.asarray, params)
-
-
-def leftovers(path) -> list[str]:
-    """Temporary directories an export or import left beside `path`."""
-    parent, name = os.path.split(os.path.abspath(path))
-    return [entry for entry in os.listdir(parent) if entry.startswith(f".{name}.")]
-
-
-# --- a trained model, exported ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def byte_t5_export(tmp_path_factory):
