@@ -101,7 +101,9 @@ def create_mesh(mesh_shape: Sequence[int], devices=None,
 
 def _hybrid_device_grid(mesh_shape, dcn_mesh_shape, devices) -> np.ndarray:
     """Devices laid out as slices (over DCN) of per-slice meshes (over ICI)."""
-    dcn = tuple(dcn_mesh_shape) + (1,) * (len(mesh_shape) - len(dcn_mesh_shape))
+    dcn = tuple(dcn_mesh_shape)
+    if len(dcn) == len(MESH_AXES) and len(mesh_shape) == len(MESH_AXES) + 1:
+        dcn += (1,)  # a 3-entry DCN shape leaves the expert axis within slices
     if len(dcn) != len(mesh_shape) or min(dcn) < 1:
         raise ConfigError(f"DCN_MESH_SHAPE={tuple(dcn_mesh_shape)} must be positive entries, "
                           f"one per MESH_SHAPE entry (data, fsdp, tensor[, {EXPERT_AXIS}]).")
