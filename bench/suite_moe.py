@@ -7,7 +7,8 @@
 The small MoE (`gin/models/moe/small.gin` with `gin/runs/pretrain.gin`'s byte vocabulary)
 on 8 host devices, on the meshes (data, fsdp, tensor, expert) (8,1,1,1), (4,1,1,2),
 (2,1,1,4) and (1,1,1,8), each with `MoEConfig.dispatch` 'dropless' and 'capacity'
-(capacity factor 2.0), and a dense decoder of the same shape whose MLP is as wide as what
+(capacity factor 2.0; above EP 1 both with the buffers sent by all-to-all and with the
+expert weights gathered instead), and a dense decoder of the same shape whose MLP is as wide as what
 a token runs (its routed and shared experts) on (8,1,1). Each row's jitted train step is
 compiled, its collectives read from the optimized HLO, then timed as bench/step_time.py
 times it (warm-up, windows of steps, each step's loss read one step behind), the rows'
@@ -52,11 +53,14 @@ def add_arguments(parser) -> None:
 
 def _rows(skip_dense: bool) -> list[dict]:
     rows = [{"name": f"{dispatch} EP={ep}", "dispatch": dispatch, "expert_parallelism": ep,
-             "mesh_shape": [8 // ep, 1, 1, ep]}
+             "mesh_shape": [8 // ep, 1, 1, ep], "all_to_all": dispatch == "capacity"}
             for dispatch in DISPATCHES for ep in EXPERT_PARALLELISM]
+    rows += [{"name": f"capacity gathered EP={ep}", "dispatch": "capacity",
+              "expert_parallelism": ep, "mesh_shape": [8 // ep, 1, 1, ep], "all_to_all": False}
+             for ep in EXPERT_PARALLELISM[1:]]
     if not skip_dense:
         rows.append({"name": "dense", "dispatch": None, "expert_parallelism": None,
-                     "mesh_shape": list(DENSE_MESH)})
+                     "mesh_shape": list(DENSE_MESH), "all_to_all": False})
     return rows
 
 
@@ -89,8 +93,9 @@ def _setups(args, rows: list[dict]) -> list:
         moe = train["model_config"]
         setups = []
         for row in rows:
-            cfg = (dataclasses.replace(moe, dispatch=row["dispatch"]) if row["dispatch"]
-                   else dense_twin(moe))
+            cfg = (dataclasses.replace(moe, dispatch=row["dispatch"],
+                                       expert_all_to_all=row["all_to_all"])
+                   if row["dispatch"] else dense_twin(moe))
             mesh = partitioning.create_mesh(row["mesh_shape"])
             setups.append(aot.build_setup({**train, "model_config": cfg}, mesh))
         return setups
@@ -189,7 +194,21 @@ def _targets(rows: list[dict]) -> list[dict]:
                            best["dispatch"] == DEFAULT_DISPATCH),
             harness.target(f"capacity dispatch at factor {CAPACITY_FACTOR}: assignments "
                            "dropped in the timed steps (worst row)", round(dropped, 5),
-                           f"<= {DROPPED_GOAL:.0%}", dropped <= DROPPED_GOAL)]
+                           f"<= {DROPPED_GOAL:.0%}", dropped <= DROPPED_GOAL),
+            _exchange_target(rows)]
+
+
+def _exchange_target(rows: list[dict]) -> dict:
+    """Capacity buffers by all-to-all (`expert_all_to_all`, on by default) against the
+    expert weights gathered, at each expert parallelism above 1."""
+    def median(ep, all_to_all):
+        return next(row["median_ms"] for row in rows if row["dispatch"] == "capacity"
+                    and row["expert_parallelism"] == ep and row["all_to_all"] == all_to_all)
+    ratios = {ep: median(ep, True) / median(ep, False) for ep in EXPERT_PARALLELISM[1:]}
+    shown = ", ".join(f"EP={ep}: {ratio:.2f}" for ep, ratio in ratios.items())
+    return harness.target("capacity dispatch, all-to-all / gathered weights (median step)",
+                          shown, "below 1 at every EP > 1 (all-to-all is the default)",
+                          all(ratio < 1 for ratio in ratios.values()))
 
 
 def measure(args) -> dict:
@@ -290,10 +309,13 @@ DEFINITIONS = """\
   `jax.lax.ragged_dot` compiles to one dense matmul against every expert's weights (the
   input masked per group): E times the FLOPs of the grouped matmul. Capacity buffers
   hold capacity_factor x the mean load per expert, empty slots included.
+- Exchange: the capacity rows send each device's expert buffers by all-to-all to the
+  devices holding those experts (E / EP each) and the outputs back
+  (`MoEConfig.expert_all_to_all`, the default); the "capacity gathered" rows, and the
+  dropless ones, gather every expert's weights to each device instead and keep tokens
+  where they are (XLA:CPU has no ragged all-to-all for dropless buffers).
 - Collectives: the result bytes per device per step of each kind in the compiled step
-  (`hlo_stats`, loops times their trip counts). Where a row with EP > 1 has all-gather
-  but no all-to-all, XLA's partitioner gathered the expert weights to the tokens (as
-  FSDP does) rather than sending tokens to the experts. The CPU compiler keeps gradient
+  (`hlo_stats`, loops times their trip counts). The CPU compiler keeps gradient
   reductions as all-reduce where TPU and GPU compilers emit reduce-scatter. permute:
   collective-permute.
 - Times are for 8 XLA host devices sharing this machine's cores: they rank the

@@ -18,6 +18,7 @@ from t5x_lite.models.moe import MOE
 from t5x_lite.models.moe import experts as experts_lib
 from t5x_lite.models.moe.config import MoEConfig
 from t5x_lite.models.spec import ModelSpec
+from t5x_lite.parallel import partitioning
 from tests.cli import assert_bitwise_resume, hang_then_kill, run_cli, saved_state
 from tests.helpers import packed_batch, tiny_training
 
@@ -135,6 +136,28 @@ def test_losses_match_across_expert_parallel_meshes(dispatch):
     for mesh_shape in [(4, 1, 1, 2), (1, 2, 1, 4), (1, 1, 1, 8)]:
         np.testing.assert_allclose(run_losses(cfg, mesh_shape), reference, rtol=1e-5,
                                    err_msg=str(mesh_shape))
+
+
+@pytest.mark.parametrize("all_to_all", [True, False])
+def test_capacity_buffers_go_by_all_to_all_to_the_devices_holding_their_experts(all_to_all):
+    """On an expert-parallel mesh the capacity dispatch exchanges tokens (or, switched off,
+    gathers the weights); with nothing dropped, the output is the single-device one."""
+    cfg = dataclasses.replace(TINY_MOE, dispatch="capacity", capacity_factor=8.0,
+                              expert_all_to_all=all_to_all)
+    graphdef, state = nnx.split(_experts(cfg))
+    x_BTD = jax.random.normal(jax.random.key(3), (8, 8, cfg.embed_dim))
+    valid_BT = jnp.ones((8, 8), jnp.bool_)
+
+    def layer(state, x_BTD):
+        return nnx.merge(graphdef, state)(x_BTD, valid_BT, "capacity")[0]
+
+    mesh = partitioning.create_mesh((2, 1, 1, 4))
+    rules = partitioning.axis_rules()[1]
+    with partitioning.activation_sharding(mesh, rules):
+        compiled = jax.jit(layer).lower(state, x_BTD).compile()
+    assert ("all-to-all" in compiled.as_text()) == all_to_all
+    np.testing.assert_allclose(compiled(state, x_BTD), layer(state, x_BTD), rtol=1e-5,
+                               atol=1e-6)
 
 
 # --- decoding -----------------------------------------------------------------------------

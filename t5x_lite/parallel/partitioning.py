@@ -10,6 +10,7 @@ replicated instead).
 
 import contextlib
 import contextvars
+import functools
 import math
 from collections.abc import Sequence
 
@@ -189,19 +190,28 @@ def activation_sharding(mesh: Mesh, rules: Rules):
         _ACTIVATION_CONTEXT.reset(token)
 
 
-def map_batch_shards(fn, batched: tuple, shared: tuple):
-    """`fn(*batched, *shared)` on each device's share of the batch: the `batched` arrays
-    (and `fn`'s outputs) split along their first axis as activation rules split `batch`,
-    the `shared` arrays whole on every device (gathered first where sharded). For work
-    that must stay local to a device's rows, such as sorting tokens by expert. Outside
-    `activation_sharding`, `fn` on the whole arrays."""
+def map_batch_shards(fn, batched: tuple, shared: tuple, shared_axis: str | None = None):
+    """`fn(*batched, *shared, mesh_axis=...)` on each device's share of the batch: the
+    `batched` arrays (and `fn`'s outputs) split along their first axis as activation rules
+    split `batch`. The `shared` arrays are whole on every device (gathered first where
+    sharded), or, with `shared_axis` a logical axis, split along their first axis over the
+    one mesh axis that the rules give it; `mesh_axis` names that axis for `fn`'s
+    collectives (None where it is absent or of size 1). For work that must stay local to a
+    device's rows, such as sorting tokens by expert. Outside `activation_sharding`, `fn`
+    on the whole arrays."""
     context = _ACTIVATION_CONTEXT.get()
     if context is None:
-        return fn(*batched, *shared)
+        return fn(*batched, *shared, mesh_axis=None)
     mesh, rules = context
     rows_spec = PartitionSpec(logical_to_spec(("batch",), batched[0].shape[:1], mesh, rules)[0])
-    in_specs = (rows_spec,) * len(batched) + (PartitionSpec(),) * len(shared)
-    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=rows_spec,
+    mesh_axis = None
+    if shared_axis is not None:
+        split = logical_to_spec((shared_axis,), shared[0].shape[:1], mesh, rules)[0]
+        if isinstance(split, str) and mesh.shape[split] > 1:
+            mesh_axis = split
+    in_specs = (rows_spec,) * len(batched) + (PartitionSpec(mesh_axis),) * len(shared)
+    return jax.shard_map(functools.partial(fn, mesh_axis=mesh_axis), mesh=mesh,
+                         in_specs=in_specs, out_specs=rows_spec,
                          check_vma=False)(*batched, *shared)
 
 

@@ -30,7 +30,9 @@ class MoEConfig(DecoderConfig):
     Dispatch, on each device's own tokens: 'dropless' (tokens sorted by expert, grouped
     matmuls) or 'capacity' (buffers of capacity_factor x tokens x k / E slots per expert;
     assignments beyond a buffer are dropped: first choices before second choices, each
-    in token order).
+    in token order). On a mesh with an `expert` axis, `expert_all_to_all` sends the
+    capacity buffers to the devices holding their experts and back (GShard's all-to-all);
+    off, each device gathers every expert's weights, as the dropless dispatch always does.
     """
 
     first_dense_layers: int = 0
@@ -45,6 +47,7 @@ class MoEConfig(DecoderConfig):
     bias_update_rate: float = 0.0
     dispatch: str = "dropless"
     capacity_factor: float = 1.25
+    expert_all_to_all: bool = True
 
     def __post_init__(self):
         super().__post_init__()

@@ -4,8 +4,11 @@ Shape letters: N tokens (batch x length, flattened), D embed, E experts, K exper
 token, F expert width, A = N x K assignments (token, choice), C capacity per expert.
 Expert weights carry the `experts` logical axis, so an `expert` mesh axis shards them
 at rest. Dispatch runs on each device's own tokens (its share of the batch, as GShard's
-groups): the expert weights are gathered to it, as FSDP gathers a layer's weights, so
-tokens never leave their device.
+groups). The dropless dispatch gathers every expert's weights to each device, as FSDP
+gathers a layer's weights, so its tokens never leave their device (XLA:CPU has no ragged
+all-to-all to test the exchange with). The capacity dispatch sends its fixed-size
+buffers by all-to-all across the `expert` mesh axis to the devices holding those experts'
+weights, and back (or, with `expert_all_to_all` off, gathers weights as dropless does).
 """
 
 from typing import NamedTuple
@@ -83,17 +86,21 @@ class RoutedExperts(nnx.Module):
                                   (self.gate_EDF, self.up_EDF, self.down_EFD)))
         cfg = self.cfg
 
-        def dispatch_local(x_ND, expert_NK, weight_NK, valid_N, *weights):
+        def dispatch_local(x_ND, expert_NK, weight_NK, valid_N, *weights, mesh_axis):
             weights = ExpertWeights(*weights)
             if dispatch == "dropless":
                 return (dropless(x_ND, expert_NK, weight_NK, weights),
                         jnp.ones_like(expert_NK, jnp.bool_))
             capacity = expert_capacity(x_ND.shape[0], cfg)
-            return with_capacity(x_ND, expert_NK, weight_NK, weights, capacity, valid_N)
+            return with_capacity(x_ND, expert_NK, weight_NK, weights, capacity, valid_N,
+                                 mesh_axis)
 
-        # Each device sorts and buffers its own tokens (its data shard, as GShard's groups).
+        # Each device sorts and buffers its own tokens (its data shard, as GShard's groups);
+        # capacity buffers may go by all-to-all to the devices that hold their experts.
+        exchange = dispatch == "capacity" and cfg.expert_all_to_all
         out_ND, kept_NK = map_batch_shards(
-            dispatch_local, (x_ND, routing.expert_NK, routing.weight_NK, valid_N), weights)
+            dispatch_local, (x_ND, routing.expert_NK, routing.weight_NK, valid_N), weights,
+            shared_axis="experts" if exchange else None)
         stats = statistics(routing, kept_NK, valid_N, self.cfg.num_experts)
         return out_ND.reshape(B, T, D).astype(x_BTD.dtype), stats
 
@@ -126,12 +133,15 @@ def expert_capacity(num_tokens: int, cfg: MoEConfig) -> int:
 
 
 def with_capacity(x_ND, expert_NK, weight_NK, weights: ExpertWeights, capacity: int,
-                  valid_N) -> tuple[jax.Array, jax.Array]:
+                  valid_N, mesh_axis: str | None = None) -> tuple[jax.Array, jax.Array]:
     """Fixed buffers of `capacity` slots per expert. Assignments take slots in order of
     choice (all first choices, then all second choices, ...), each in token order; those
-    past a full buffer, and padding, are dropped. Returns (output, kept [N, K])."""
+    past a full buffer, and padding, are dropped. With `mesh_axis`, `weights` hold this
+    device's share of the experts along that axis, and the buffers go to and come back
+    from the devices holding theirs by all-to-all. Returns (output, kept [N, K])."""
     N, K = expert_NK.shape
-    E, D, _ = weights.gate_EDF.shape
+    E = weights.gate_EDF.shape[0] * (1 if mesh_axis is None else jax.lax.axis_size(mesh_axis))
+    D = x_ND.shape[1]
     valid_KN = jnp.broadcast_to(valid_N[None, :], (K, N))
     one_hot_KNE = jax.nn.one_hot(expert_NK.T, E, dtype=jnp.int32) * valid_KN[..., None]
     slot_KNE = jnp.cumsum(one_hot_KNE.reshape(K * N, E), axis=0).reshape(K, N, E) - 1
@@ -143,12 +153,21 @@ def with_capacity(x_ND, expert_NK, weight_NK, weights: ExpertWeights, capacity: 
     buffer_ED = jnp.zeros((overflow + 1, D), x_ND.dtype).at[index_KN.reshape(-1)].set(
         x_KND.reshape(K * N, D))
     buffer_ECD = buffer_ED[:overflow].reshape(E, capacity, D)
-    gate_ECF = jnp.einsum("ECD,EDF->ECF", buffer_ECD, weights.gate_EDF)
-    up_ECF = jnp.einsum("ECD,EDF->ECF", buffer_ECD, weights.up_EDF)
-    out_ECD = jnp.einsum("ECF,EFD->ECD", jax.nn.silu(gate_ECF) * up_ECF, weights.down_EFD)
+    if mesh_axis is None:
+        out_ECD = _expert_mlp_dense(buffer_ECD, weights)
+    else:  # [E, C] here -> [E / ep, ep x C] there: this device's experts, every sender's rows.
+        there = jax.lax.all_to_all(buffer_ECD, mesh_axis, 0, 1, tiled=True)
+        out_ECD = jax.lax.all_to_all(_expert_mlp_dense(there, weights), mesh_axis, 1, 0,
+                                     tiled=True)
     rows_ED = jnp.concatenate([out_ECD.reshape(overflow, D), jnp.zeros((1, D), x_ND.dtype)])
     y_KND = rows_ED[index_KN] * weight_NK.T[..., None].astype(x_ND.dtype)
     return jnp.sum(y_KND, axis=0), kept_KN.T
+
+
+def _expert_mlp_dense(x_ECD, weights: ExpertWeights):
+    gate_ECF = jnp.einsum("ECD,EDF->ECF", x_ECD, weights.gate_EDF)
+    up_ECF = jnp.einsum("ECD,EDF->ECF", x_ECD, weights.up_EDF)
+    return jnp.einsum("ECF,EFD->ECD", jax.nn.silu(gate_ECF) * up_ECF, weights.down_EFD)
 
 
 def statistics(routing: Routing, kept_NK, valid_N, num_experts: int) -> dict[str, jax.Array]:
