@@ -32,6 +32,7 @@ from t5x_lite.checkpoints import manager as checkpointing
 from t5x_lite.parallel import partitioning
 from t5x_lite.pipeline import vocabularies
 from t5x_lite.checkpoints.manager import CheckpointConfig, Checkpointer
+from t5x_lite.checkpoints.record import CheckpointRecord
 from t5x_lite.errors import ConfigError
 from t5x_lite.hf import export, import_
 from t5x_lite.hf.vocabulary import RunVocabulary
@@ -150,14 +151,15 @@ def synthetic_params(cfg: DecoderConfig, seed: int) -> dict:
     return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
-def save_run(model_dir, cfg: DecoderConfig, params, gin_config=RUN_GIN, step=7):
-    """A checkpoint as the trainer writes it, saved from a (1, 4, 2) mesh."""
+def save_run(model_dir, cfg, params, gin_config=RUN_GIN, step=7):
+    """A checkpoint of any family's `cfg` as the trainer writes it, saved from a (1, 4, 2)
+    mesh."""
     spec = ModelSpec.create(cfg)
     mesh = partitioning.create_mesh((1, 4, 2), devices=jax.devices()[:8])
     shardings = partitioning.tree_shardings(spec.logical_axes, params, mesh,
                                             partitioning.DEFAULT_PARAM_RULES)
-    meta = {"data_position": step, "scan_layers": cfg.scan_layers,
-            "model_config": dataclasses.asdict(cfg), "gin_config": gin_config}
+    meta = CheckpointRecord(spec.family.name, dataclasses.asdict(cfg), data_position=step,
+                            gin_config=gin_config).to_json()
     checkpointer = Checkpointer(str(model_dir), CheckpointConfig(async_save=False))
     checkpointer.save(step, {"step": np.int32(step), "params": jax.device_put(params, shardings)},
                       meta, force=True)
@@ -333,11 +335,12 @@ def random_llama(directory, tie: bool, seed: int):
     return model
 
 
-def model_config_from_gin(path) -> DecoderConfig:
+def model_config_from_gin(path, config_class=DecoderConfig):
+    """The `config_class` that a written model.gin binds."""
     gin.clear_config()
     try:
-        gin.parse_config_file(str(path))
-        return DecoderConfig()
+        gin.parse_config_file(str(path), skip_unknown=True)
+        return config_class()
     finally:
         gin.clear_config()
 
@@ -361,11 +364,18 @@ def test_import_then_export_round_trip(tmp_path, through_cli, scan_layers, tie):
     assert ("blocks" in params) == scan_layers and ("lm_head_DV" in params) != tie
     assert_logits_match(cfg, params, original)
 
-    export.export(out, tmp_path / "again")
-    again = load_hf(tmp_path / "again")
+    assert_exports_as(original, out, tmp_path / "again")
+
+
+def assert_exports_as(original, model_dir, out_dir, tokenizer_class=transformers.AutoTokenizer):
+    """`model_dir` (imported from `original`) exports as `original`'s architecture with
+    its logits, and its byte tokenizer."""
+    export.export(model_dir, out_dir)
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["architectures"] == [type(original).__name__]
     tokens = random_tokens(2, 40, 300, seed=1)
-    assert np.abs(hf_logits(again, tokens) - hf_logits(original, tokens)).max() <= 1e-5
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "again")
+    assert np.abs(hf_logits(load_hf(out_dir), tokens) - hf_logits(original, tokens)).max() <= 1e-5
+    tokenizer = tokenizer_class.from_pretrained(out_dir)
     assert tokenizer.encode("abc", add_special_tokens=False) == [100, 101, 102]
 
 

@@ -19,7 +19,6 @@ import sys
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-import gin
 import jax
 import numpy as np
 import pytest
@@ -30,19 +29,16 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from t5x_lite.checkpoints.manager import CheckpointConfig, Checkpointer
-from t5x_lite.checkpoints.record import CheckpointRecord
 from t5x_lite.data import lm_task
 from t5x_lite.errors import ConfigError
 from t5x_lite.hf import export, import_, tokenizer_files
 from t5x_lite.inference import decoding
 from t5x_lite.models.encdec.config import EncDecConfig
 from t5x_lite.models.spec import ModelSpec
-from t5x_lite.parallel import partitioning
 from t5x_lite.pipeline import vocabularies
 from tests.cli import assert_one_line_error, run_cli
 from tests.helpers import TINY_ENCDEC, packed_encdec_batch, tiny_training
-from tests.test_hf import leftovers, restore_host_params
+from tests.test_hf import leftovers, model_config_from_gin, restore_host_params, save_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TASK = "hf_t5_test_byte_t5"  # registered below: inputs and targets in the byte_t5 vocabulary
@@ -194,26 +190,11 @@ def in_layout(params: dict, cfg: EncDecConfig) -> dict:
     return params
 
 
-def save_run(model_dir, cfg: EncDecConfig, params, step=TRAIN_STEPS):
-    """A checkpoint as the trainer writes it, saved from a (1, 4, 2) mesh."""
-    spec = ModelSpec.create(cfg)
-    mesh = partitioning.create_mesh((1, 4, 2), devices=jax.devices()[:8])
-    shardings = partitioning.tree_shardings(spec.logical_axes, params, mesh,
-                                            partitioning.DEFAULT_PARAM_RULES)
-    meta = CheckpointRecord("encdec", dataclasses.asdict(cfg), data_position=step,
-                            gin_config=RUN_GIN).to_json()
-    checkpointer = Checkpointer(str(model_dir), CheckpointConfig(async_save=False))
-    checkpointer.save(step, {"step": np.int32(step), "params": jax.device_put(params, shardings)},
-                      meta, force=True)
-    checkpointer.wait()
-    checkpointer.close()
-
-
 @pytest.fixture(scope="module")
 def byte_t5_export(tmp_path_factory):
     """An export of the trained (scanned, untied) run, tokenizer found from its gin record."""
     root = tmp_path_factory.mktemp("byte_t5")
-    save_run(root / "run", TRAINED, trained_params())
+    save_run(root / "run", TRAINED, trained_params(), RUN_GIN, TRAIN_STEPS)
     summary = export.export(root / "run", root / "hf")
     assert summary.tokenizer == "ByT5Tokenizer" and summary.step == TRAIN_STEPS
     return root / "hf"
@@ -228,7 +209,7 @@ def test_trained_export_matches_transformers(tmp_path, byte_t5_export, scan_laye
     if scan_layers and not tie:
         out = byte_t5_export
     else:
-        save_run(tmp_path / "run", cfg, params)
+        save_run(tmp_path / "run", cfg, params, RUN_GIN, TRAIN_STEPS)
         out = export.export(tmp_path / "run", tmp_path / "hf").out
     config = json.loads((pathlib.Path(out) / "config.json").read_text())
     assert config["tie_word_embeddings"] is tie and config["vocab_size"] == BYTE_T5_IDS
@@ -319,21 +300,12 @@ def random_t5(directory, head: str, seed: int):
     return model
 
 
-def model_config_from_gin(path) -> EncDecConfig:
-    gin.clear_config()
-    try:
-        gin.parse_config_file(str(path), skip_unknown=True)
-        return EncDecConfig()
-    finally:
-        gin.clear_config()
-
-
 @pytest.mark.parametrize("head,scan_layers", [("own", True), ("shared", False), ("tied", True)])
 def test_import_then_export_round_trip(tmp_path, head, scan_layers):
     original = random_t5(tmp_path / "t5", head, seed=len(head))
     out = tmp_path / "imported"
     import_.import_checkpoint(tmp_path / "t5", out, scan_layers=scan_layers)
-    cfg = model_config_from_gin(out / "model.gin")
+    cfg = model_config_from_gin(out / "model.gin", EncDecConfig)
     assert (cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.relative_buckets,
             cfg.relative_max_distance, cfg.norm_eps) == (3, 2, 16, 64, 1e-5)
     assert (cfg.scan_layers, cfg.tie_embeddings) == (scan_layers, head == "tied")

@@ -7,14 +7,13 @@ import numpy as np
 from t5x_lite.hf import checkpoint_reader, convert, layer_layout, llama_config
 from t5x_lite.hf.mapping import HFMapping
 
-_GIN_FIELDS = ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-               "vocab_size", "rope_theta", "norm_eps", "tie_embeddings", "scan_layers")
-
 
 class LlamaMapping(HFMapping):
     family = "decoder"
     model_type = "llama"
     architecture = llama_config.ARCHITECTURE
+    gin_fields = ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+                  "vocab_size", "rope_theta", "norm_eps", "tie_embeddings", "scan_layers")
 
     def check_expressible(self, cfg) -> None:
         llama_config.check_expressible(cfg)
@@ -45,13 +44,6 @@ class LlamaMapping(HFMapping):
 
     def params_from_hf(self, tensors: Mapping[str, np.ndarray], cfg) -> dict:
         return convert.params_from_hf(tensors, cfg)
-
-    def model_gin(self, cfg, hf_dir: str, model_dir: str) -> str:
-        lines = [f"# The model of the Llama checkpoint imported from {hf_dir}.",
-                 "# Fine-tune: use this file in place of a models/decoder/*.gin file and set",
-                 f"# INITIAL_CHECKPOINT_PATH = '{model_dir}' (with a new MODEL_DIR)."]
-        lines += [f"DecoderConfig.{name} = {getattr(cfg, name)!r}" for name in _GIN_FIELDS]
-        return "\n".join(lines) + "\n"
 
 
 LLAMA = LlamaMapping()

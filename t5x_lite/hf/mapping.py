@@ -33,6 +33,7 @@ class HFMapping(abc.ABC):
     family: str          # the t5x_lite family name
     model_type: str      # the HF config's model_type
     architecture: str    # the transformers class, as config.json names it
+    gin_fields: tuple[str, ...]  # the config fields an imported model's gin file binds
 
     def chosen_for_export(self, cfg) -> bool:
         """Whether export-hf writes `cfg` as this architecture. A family's mappings are
@@ -77,6 +78,13 @@ class HFMapping(abc.ABC):
     def params_from_hf(self, tensors: Mapping[str, np.ndarray], cfg) -> dict:
         """The family's params tree from HF tensors by name."""
 
-    @abc.abstractmethod
     def model_gin(self, cfg, hf_dir: str, model_dir: str) -> str:
         """Gin bindings of the imported model's config."""
+        name = type(cfg).__name__
+        lines = [f"# The model of the {self.architecture} checkpoint imported from {hf_dir}.",
+                 f"# Fine-tune: use this file in place of a models/{self.family}/*.gin file "
+                 "and set",
+                 f"# INITIAL_CHECKPOINT_PATH = '{model_dir}' (with a new MODEL_DIR).",
+                 f"train.model_config = @{name}()"]
+        lines += [f"{name}.{field} = {getattr(cfg, field)!r}" for field in self.gin_fields]
+        return "\n".join(lines) + "\n"

@@ -12,17 +12,16 @@ from t5x_lite.hf import convert, llama_config, moe_config, moe_tensors
 from t5x_lite.hf.mapping import HFMapping
 from t5x_lite.hf.moe_tensors import ExpertNames
 
-_GIN_FIELDS = ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-               "vocab_size", "rope_theta", "norm_eps", "tie_embeddings", "qk_norm",
-               "first_dense_layers", "num_experts", "experts_per_token", "expert_mlp_dim",
-               "router", "normalize_top_k", "load_balance_loss", "scan_layers")
-
 
 class MoEMapping(HFMapping):
     """What Mixtral and Qwen3-MoE share: Llama's attention, norms and ends, and routed
     layers whose tensors differ only in name (`names`)."""
 
     family = "moe"
+    gin_fields = ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+                  "vocab_size", "rope_theta", "norm_eps", "tie_embeddings", "qk_norm",
+                  "first_dense_layers", "num_experts", "experts_per_token", "expert_mlp_dim",
+                  "router", "normalize_top_k", "load_balance_loss", "scan_layers")
     names: ExpertNames
 
     def generation_config(self, token_ids) -> dict:
@@ -39,14 +38,6 @@ class MoEMapping(HFMapping):
 
     def params_from_hf(self, tensors: Mapping[str, np.ndarray], cfg) -> dict:
         return moe_tensors.params_from_hf(tensors, cfg, self.names)
-
-    def model_gin(self, cfg, hf_dir: str, model_dir: str) -> str:
-        lines = [f"# The model of the {self.architecture} checkpoint imported from {hf_dir}.",
-                 "# Fine-tune: use this file in place of a models/moe/*.gin file and set",
-                 f"# INITIAL_CHECKPOINT_PATH = '{model_dir}' (with a new MODEL_DIR).",
-                 "train.model_config = @MoEConfig()"]
-        lines += [f"MoEConfig.{name} = {getattr(cfg, name)!r}" for name in _GIN_FIELDS]
-        return "\n".join(lines) + "\n"
 
 
 class MixtralMapping(MoEMapping):

@@ -8,15 +8,14 @@ from t5x_lite.hf import layer_layout, t5_config, t5_tensors
 from t5x_lite.hf.checkpoint_reader import to_host
 from t5x_lite.hf.mapping import HFMapping
 
-_GIN_FIELDS = ("num_encoder_layers", "num_decoder_layers", "embed_dim", "num_heads", "head_dim",
-               "mlp_dim", "vocab_size", "relative_buckets", "relative_max_distance", "norm_eps",
-               "tie_embeddings", "scan_layers")
-
 
 class T5Mapping(HFMapping):
     family = "encdec"
     model_type = "t5"
     architecture = t5_config.ARCHITECTURE
+    gin_fields = ("num_encoder_layers", "num_decoder_layers", "embed_dim", "num_heads", "head_dim",
+                  "mlp_dim", "vocab_size", "relative_buckets", "relative_max_distance", "norm_eps",
+                  "tie_embeddings", "scan_layers")
 
     def check_expressible(self, cfg) -> None:
         t5_config.check_expressible(cfg)
@@ -56,14 +55,6 @@ class T5Mapping(HFMapping):
 
     def params_from_hf(self, tensors: Mapping[str, np.ndarray], cfg) -> dict:
         return t5_tensors.params_from_hf(tensors, cfg)
-
-    def model_gin(self, cfg, hf_dir: str, model_dir: str) -> str:
-        lines = [f"# The model of the T5 checkpoint imported from {hf_dir}.",
-                 "# Fine-tune: use this file in place of a models/encdec/*.gin file and set",
-                 f"# INITIAL_CHECKPOINT_PATH = '{model_dir}' (with a new MODEL_DIR).",
-                 "train.model_config = @EncDecConfig()"]
-        lines += [f"EncDecConfig.{name} = {getattr(cfg, name)!r}" for name in _GIN_FIELDS]
-        return "\n".join(lines) + "\n"
 
 
 T5 = T5Mapping()
