@@ -7,7 +7,6 @@ import time
 import jax
 import jax.numpy as jnp
 import tqdm
-from tensorboardX import SummaryWriter
 
 from t5x_lite import storage
 from t5x_lite.observe import chips
@@ -40,9 +39,25 @@ def total_peak_flops(peak_flops_per_device: float | None = None) -> float:
 REMOTE_FLUSH_SECONDS = 300
 
 
-def tensorboard_writer(model_dir: storage.PathLike) -> SummaryWriter:
-    """A writer of MODEL_DIR/tensorboard events; on an object store it flushes every
-    REMOTE_FLUSH_SECONDS and on close (metrics.jsonl holds every step meanwhile)."""
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch where torch is not loaded yet:
+    tensorboardX imports torch (seconds) only to accept its tensors, which we never pass."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` fail fast
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
+def tensorboard_writer(model_dir: storage.PathLike):
+    """A tensorboardX writer of MODEL_DIR/tensorboard events; on an object store it
+    flushes every REMOTE_FLUSH_SECONDS and on close (metrics.jsonl holds every step
+    meanwhile)."""
+    SummaryWriter = _summary_writer_class()
     logdir = storage.join(model_dir, "tensorboard")
     if storage.is_uri(logdir):
         return SummaryWriter(str(logdir), max_queue=1000, flush_secs=REMOTE_FLUSH_SECONDS)
