@@ -1,0 +1,1 @@
+"""Scaling laws: sweeps, fits and compute-optimal predictions."""
