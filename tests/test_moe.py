@@ -151,7 +151,7 @@ def test_capacity_buffers_go_by_all_to_all_to_the_devices_holding_their_experts(
     def layer(state, x_BTD):
         return nnx.merge(graphdef, state)(x_BTD, valid_BT, "capacity")[0]
 
-    mesh = partitioning.create_mesh((2, 1, 1, 4))
+    mesh = partitioning.create_mesh((1, 2, 2, 2))  # FSDP and tensor parallelism beside EP
     rules = partitioning.axis_rules()[1]
     with partitioning.activation_sharding(mesh, rules):
         compiled = jax.jit(layer).lower(state, x_BTD).compile()
