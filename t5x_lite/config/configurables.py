@@ -13,3 +13,4 @@ def register_configurables() -> None:
     from t5x_lite.models.decoder import config  # noqa: F401
     from t5x_lite.models.encdec import config as encdec_config  # noqa: F401
     from t5x_lite.models import moe  # noqa: F401  (its config and family)
+    from t5x_lite.scaling import sizes  # noqa: F401  (a sweep's SizeRule)
