@@ -14,7 +14,7 @@ OWN_FLAG = {"train": "--coordinator_address", "build-data": "--coordinator_addre
             "build-vocab": "--vocab_size",
             "supervise": "--max_restarts", "export-hf": "--max_shard_size",
             "import-hf": "--hf_dir", "eval": "--tasks", "infer": "--prompts_file",
-            "plan": "--mfu"}
+            "plan": "--mfu", "scaling": "--budgets"}
 NOISE = ("oneDNN custom operations are on", "Could not find cuda drivers",
          "Type handler registry", "Metadata file does not exist")
 

@@ -14,31 +14,28 @@ from t5x_lite.scaling import sizes
 LENGTHS = {"targets": 128}
 BASE = DecoderConfig(num_layers=4, embed_dim=64, num_heads=4, num_kv_heads=2, head_dim=16,
                      mlp_dim=256, vocab_size=384)
+# Heads of 8 without grouping: widths in steps of 8, sizes close enough for 5 per budget.
+FINE = dataclasses.replace(BASE, num_heads=8, num_kv_heads=8, head_dim=8)
 
 
-def test_each_depth_keeps_the_aspect_ratio_and_the_base_proportions():
+def test_each_size_keeps_the_aspect_ratio_and_the_base_proportions():
     rule = sizes.SizeRule()
-    for depth in (1, 2, 6, 11):
-        cfg = sizes.at_depth(BASE, depth, rule)
-        assert cfg.num_layers == depth
-        assert cfg.embed_dim == cfg.num_heads * 16
-        assert abs(cfg.embed_dim - 16 * depth) <= 16  # whole heads of the 16-wide aspect
-        assert cfg.num_heads == 2 * cfg.num_kv_heads
-        assert cfg.mlp_dim == 4 * cfg.embed_dim
-    assert sizes.at_depth(BASE, 4, rule) == BASE  # the base is on its own rule
+    for heads in (2, 4, 6, 12):
+        cfg = sizes.with_heads(BASE, heads, rule)
+        assert (cfg.embed_dim, cfg.num_layers) == (16 * heads, heads)  # 16 wide per layer
+        assert (cfg.num_kv_heads, cfg.mlp_dim) == (heads // 2, 4 * cfg.embed_dim)
+    assert sizes.with_heads(BASE, 4, rule) == BASE  # the base is on its own rule
 
 
 def test_every_family_resizes_all_its_stacks():
     t5 = EncDecConfig(num_encoder_layers=4, num_decoder_layers=2, embed_dim=64, num_heads=4,
                       head_dim=16, mlp_dim=128, vocab_size=384)
-    bigger = sizes.at_depth(t5, 8, sizes.SizeRule())
+    bigger = sizes.with_heads(t5, 8, sizes.SizeRule())
     assert (bigger.num_encoder_layers, bigger.num_decoder_layers, bigger.embed_dim) == (8, 4, 128)
     moe = MoEConfig(num_layers=4, first_dense_layers=1, embed_dim=64, num_heads=4,
                     num_kv_heads=2, head_dim=16, expert_mlp_dim=64, vocab_size=384)
-    smallest = sizes.at_depth(moe, 1, sizes.SizeRule())
-    assert (smallest.num_layers, smallest.first_dense_layers) == (1, 0)
-    # 16 wide would be one head; two keep the 2:1 grouping of query and key/value heads.
-    assert (smallest.embed_dim, smallest.num_heads, smallest.num_kv_heads) == (32, 2, 1)
+    smallest = sizes.with_heads(moe, 2, sizes.SizeRule(aspect_ratio=32))
+    assert (smallest.num_layers, smallest.first_dense_layers, smallest.embed_dim) == (1, 0, 32)
     assert smallest.expert_mlp_dim == 32 and smallest.num_experts == moe.num_experts
 
 
@@ -54,10 +51,12 @@ def test_sizes_are_measured_by_the_family():
 
 
 def test_each_budget_gets_sizes_over_sixteen_fold_spending_the_budget():
-    ladder = sizes.ladder(BASE, sizes.SizeRule(max_layers=16), LENGTHS)
+    assert [s.cfg.num_heads for s in sizes.ladder(BASE, sizes.SizeRule(max_layers=16),
+                                                  LENGTHS)] == list(range(2, 18, 2))
+    ladder = sizes.ladder(FINE, sizes.SizeRule(max_layers=16), LENGTHS)
     assert [s.params for s in ladder] == sorted(s.params for s in ladder)
-    runs = sizes.isoflop_runs(ladder, [1e12, 3e12], tokens_per_step=8 * 128)
-    for budget in (1e12, 3e12):
+    runs = sizes.isoflop_runs(ladder, [1e13, 1e14], tokens_per_step=8 * 128)
+    for budget in (1e13, 1e14):
         curve = [run for run in runs if run.budget == budget]
         params = [run.size.params for run in curve]
         assert len(curve) == 5 and params == sorted(params)

@@ -1,6 +1,7 @@
 """Command line: `t5x_lite <command> [flags]`; the flags of each are in t5x_lite/cli/parser.py.
 
-Commands: train, build-data, build-vocab, supervise, export-hf, import-hf, eval, infer, plan.
+Commands: train, build-data, build-vocab, supervise, export-hf, import-hf, eval, infer, plan,
+scaling.
 """
 
 import argparse
@@ -92,9 +93,23 @@ def _plan(args) -> None:
     plan.plan_command(args.gin_file, args.mesh, args.chip, args.mfu, args.out)
 
 
+def _scaling(args) -> None:
+    from t5x_lite.scaling import command
+    if args.action == "fit" and args.sweep_dir:
+        command.fit_command(args.sweep_dir, args.out, args.bootstrap)
+        return
+    if args.action != "sweep" or not args.budgets or not args.out:
+        raise ConfigError("give the action and its flags: t5x_lite scaling sweep --gin_file=... "
+                          "--budgets=1e11,3e11,1e12 --out=DIR, or t5x_lite scaling fit "
+                          "--sweep_dir=DIR")
+    _parse_gin(args)
+    command.sweep_command(args.gin_file, args.gin_bindings, args.budgets, args.out,
+                          args.per_budget, args.span)
+
+
 COMMANDS = {"train": _train, "build-data": _build_data, "build-vocab": _build_vocab, "supervise": _supervise,
             "export-hf": _export_hf, "import-hf": _import_hf, "eval": _eval, "infer": _infer,
-            "plan": _plan}
+            "plan": _plan, "scaling": _scaling}
 
 
 COMPILING_COMMANDS = ("train", "eval", "infer")

@@ -11,7 +11,7 @@ from t5x_lite.config import gin_config
 from t5x_lite.errors import EXIT_CONFIG_ERROR
 
 PROG = "t5x_lite"
-GIN_COMMANDS = ("train", "build-data", "eval", "infer", "plan")
+GIN_COMMANDS = ("train", "build-data", "eval", "infer", "plan", "scaling")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -190,6 +190,32 @@ def _plan(parser) -> None:
     _out_flag(parser, "also write the report as JSON here", output_alias=True)
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of "
+                                         "numbers, e.g. 1e11,3e11,1e12") from error
+
+
+def _scaling(parser) -> None:
+    parser.add_argument("action", nargs="?", choices=["sweep", "fit"],
+                        help="sweep: train the IsoFLOP runs of the gin config's model family; "
+                             "fit: the scaling laws of a sweep's finished runs")
+    _gin_flags(parser)
+    parser.add_argument("--sweep_dir", metavar="DIR", help="fit: the sweep directory to read")
+    parser.add_argument("--bootstrap", type=int, default=200, metavar="N",
+                        help="fit: resampled fits behind the 90%% intervals")
+    parser.add_argument("--budgets", type=_float_list, metavar="C,C,...",
+                        help="compute budgets in training FLOPs, e.g. 1e11,3e11,1e12")
+    parser.add_argument("--per_budget", type=int, default=5, metavar="N",
+                        help="model sizes per budget (SizeRule in gin sizes them)")
+    parser.add_argument("--span", type=float, default=16.0, metavar="RATIO",
+                        help="largest over smallest parameter count of a budget's sizes")
+    _out_flag(parser, "sweep: the sweep directory (one run directory per size and budget); "
+                      "fit: the JSON report (default: SWEEP_DIR/fit.json)")
+
+
 # name: (one-line summary, flags)
 COMMANDS = {
     "train": ("train a model from gin configs, resuming from MODEL_DIR's latest checkpoint",
@@ -209,9 +235,12 @@ COMMANDS = {
     "eval": ("evaluate a checkpoint on a seqio Task or Mixture", _eval),
     "infer": ("decode prompts with a checkpoint and write JSON lines", _infer),
     "plan": ("predict a config's memory, FLOPs and step time on a mesh of chips", _plan),
+    "scaling": ("run an IsoFLOP scaling sweep of a config's model family, and fit its "
+                "scaling laws", _scaling),
 }
 USAGES = {name: f"{PROG} {name} [flags]" for name in COMMANDS}
 USAGES["supervise"] = f"{PROG} supervise [flags] -- COMMAND ..."
+USAGES["scaling"] = f"{PROG} scaling sweep|fit [flags]"
 USAGE = f"{PROG} <command> [flags]   ({PROG} <command> --help for its flags)"
 
 

@@ -110,6 +110,15 @@ def output_vocabulary(mixture_or_task_name: str) -> seqio.Vocabulary:
     return _provider(mixture_or_task_name).output_features["targets"].vocabulary
 
 
+def resolve_vocab(model_config, mixture_or_task_name: str):
+    """The model config with what the task decides filled in; asks the task for its
+    vocabulary only when the config has no size of its own."""
+    if getattr(model_config, "vocab_size", None) is not None:
+        return model_config
+    vocab = output_vocabulary(mixture_or_task_name)
+    return family_lib.for_config(model_config).resolve(model_config, vocab.vocab_size)
+
+
 def feature_converter(cfg: DataConfig,
                       family: family_lib.ModelFamily | None = None) -> seqio.FeatureConverter:
     """The family's converter for the kind of data `cfg` reads (the decoder's by default)."""

@@ -1,13 +1,15 @@
 """Model sizes along a width/depth rule, and the runs of an IsoFLOP sweep.
 
-A size is a family's config at some depth: every layer count scales with depth, the
-width is `aspect_ratio` x depth rounded to whole heads of the base config's `head_dim`,
-and the widths of the feed-forward layers and the number of key/value heads keep their
-ratios to the width and to the heads. Parameters and FLOPs come from the family
+A size is a family's config at some number of heads of the base config's `head_dim`:
+its width is heads x head_dim, its depth the width over `aspect_ratio` (every layer
+count scaled alike), and the widths of the feed-forward layers and the number of
+key/value heads keep their ratios to the width and to the heads. Stepping by heads
+rather than by layers keeps neighbouring sizes close (parameters grow as width cubed). Parameters and FLOPs come from the family
 (`param_count`, `flops_per_token`), so they are exact for any family.
 """
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -42,21 +44,26 @@ def _depth(cfg) -> int:
     return max(getattr(cfg, name) for name in DEPTH_FIELDS if hasattr(cfg, name))
 
 
-def at_depth(base, depth: int, rule: SizeRule):
-    """`base` resized to `depth` layers (each layer count scaled, at least 1) by `rule`."""
+def _kv_group(cfg) -> int:
+    """Query heads per key/value head (1 for a family without grouped attention)."""
+    return cfg.num_heads // getattr(cfg, "num_kv_heads", cfg.num_heads)
+
+
+def with_heads(base, num_heads: int, rule: SizeRule):
+    """`base` at `num_heads` heads of its `head_dim`: width num_heads x head_dim, depth
+    width / aspect ratio (rounded, within the rule's bounds; every layer count scaled),
+    feed-forward widths and key/value heads in the base's proportions."""
     base_depth = _depth(base)
     aspect = rule.aspect_ratio or base.embed_dim / base_depth
-    heads = max(1, round(aspect * depth / base.head_dim))
-    kv_ratio = base.num_heads // getattr(base, "num_kv_heads", base.num_heads)
-    heads = max(kv_ratio, heads - heads % kv_ratio)
-    width = heads * base.head_dim
+    width = num_heads * base.head_dim
+    depth = min(rule.max_layers, max(rule.min_layers, round(width / aspect)))
     changes = {name: max(1, round(getattr(base, name) * depth / base_depth))
                for name in DEPTH_FIELDS if hasattr(base, name)}
     changes.update({name: max(8, 8 * round(getattr(base, name) * width / base.embed_dim / 8))
                     for name in WIDTH_RATIO_FIELDS if hasattr(base, name)})
-    changes.update(embed_dim=width, num_heads=heads)
+    changes.update(embed_dim=width, num_heads=num_heads)
     if hasattr(base, "num_kv_heads"):
-        changes["num_kv_heads"] = heads // kv_ratio
+        changes["num_kv_heads"] = num_heads // _kv_group(base)
     if hasattr(base, "first_dense_layers"):
         changes["first_dense_layers"] = min(base.first_dense_layers, changes["num_layers"] - 1)
     return dataclasses.replace(base, **changes)
@@ -84,11 +91,26 @@ def measure(cfg, task_lengths: Mapping[str, int]) -> Size:
     return Size(cfg, params, params - embedding, family.flops_per_token(cfg, task_lengths))
 
 
-def ladder(base, rule: SizeRule, task_lengths: Mapping[str, int]) -> list[Size]:
-    """Every depth's size from `rule.min_layers` to `rule.max_layers`, smallest first."""
-    sizes = [measure(at_depth(base, depth, rule), task_lengths)
-             for depth in range(rule.min_layers, rule.max_layers + 1)]
-    return sorted(sizes, key=lambda size: size.params)
+def ladder(base, rule: SizeRule, task_lengths: Mapping[str, int],
+           max_params: float = math.inf) -> list[Size]:
+    """The sizes of every head count (in steps of the base's key/value grouping) whose
+    depth lies within the rule's bounds, smallest first, up to the first of more than
+    `max_params` parameters."""
+    group, sizes = _kv_group(base), []
+    aspect = rule.aspect_ratio or base.embed_dim / _depth(base)
+    for num_heads in itertools.count(group, group):
+        if round(num_heads * base.head_dim / aspect) > rule.max_layers:
+            return sizes
+        sizes.append(measure(with_heads(base, num_heads, rule), task_lengths))
+        if sizes[-1].params > max_params:
+            return sizes
+
+
+def size_range(budget: float, span: float) -> tuple[float, float]:
+    """The parameter counts a budget's sizes lie between: `span`x around the
+    rule-of-thumb optimum of 20 tokens per parameter (C = 6 N D)."""
+    centre = math.sqrt(budget / (6 * TOKENS_PER_PARAM))
+    return centre / math.sqrt(span), centre * math.sqrt(span)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +131,7 @@ def isoflop_runs(sizes: Sequence[Size], budgets: Sequence[float], tokens_per_ste
     whole steps the budget buys. Refuses a budget whose range the sizes do not cover."""
     runs = []
     for budget in budgets:
-        centre = math.sqrt(budget / (6 * TOKENS_PER_PARAM))
-        low, high = centre / math.sqrt(span), centre * math.sqrt(span)
+        low, high = size_range(budget, span)
         inside = [size for size in sizes if low <= size.params <= high]
         if len(inside) < per_budget:
             raise ConfigError(

@@ -14,7 +14,6 @@ from t5x_lite.train import optim, steps
 from t5x_lite.resilience.divergence import DivergenceConfig
 from t5x_lite.errors import ConfigError
 from t5x_lite.resilience.faults import FaultInjector
-from t5x_lite.models import family as family_lib
 from t5x_lite.models.family import FeatureSpec
 from t5x_lite.models.spec import ModelSpec
 from t5x_lite.train.state import state_shardings
@@ -66,16 +65,6 @@ class TrainSetup:
         return steps.make_eval_step(self.spec, self.shardings["params"], self.batch_shardings)
 
 
-def resolve_vocab(model_config, mixture_or_task_name: str):
-    """The model config with what the task decides filled in; asks the task for its
-    vocabulary only when the config has no size of its own."""
-    if getattr(model_config, "vocab_size", None) is not None:
-        return model_config
-    from t5x_lite.pipeline import input_pipeline
-    vocab = input_pipeline.output_vocabulary(mixture_or_task_name)
-    return family_lib.for_config(model_config).resolve(model_config, vocab.vocab_size)
-
-
 def batch_shardings(features: dict[str, FeatureSpec], global_batch_size: int, mesh: Mesh,
                     activation_rules) -> dict[str, NamedSharding]:
     """One sharding per batch feature, from its logical axes."""
@@ -86,7 +75,8 @@ def batch_shardings(features: dict[str, FeatureSpec], global_batch_size: int, me
 
 def build_setup(model_config, data, num_microbatches: int, mesh: Mesh) -> TrainSetup:
     """Spec, optimizer (gin), shardings and abstract state of `model_config` on `mesh`."""
-    cfg = resolve_vocab(model_config, data.mixture_or_task_name)
+    from t5x_lite.pipeline import input_pipeline
+    cfg = input_pipeline.resolve_vocab(model_config, data.mixture_or_task_name)
     spec = ModelSpec.create(cfg)
     param_rules, activation_rules = partitioning.axis_rules()
     schedule = optim.create_schedule()
