@@ -3,9 +3,10 @@
 A size is a family's config at some number of heads of the base config's `head_dim`:
 its width is heads x head_dim, its depth the width over `aspect_ratio` (every layer
 count scaled alike), and the widths of the feed-forward layers and the number of
-key/value heads keep their ratios to the width and to the heads. Stepping by heads
-rather than by layers keeps neighbouring sizes close (parameters grow as width cubed). Parameters and FLOPs come from the family
-(`param_count`, `flops_per_token`), so they are exact for any family.
+key/value heads keep their ratios to the width and to the heads. Sizes step by heads,
+not by layers, to keep neighbours close (parameters grow as the width cubed): a small
+`head_dim` without key/value grouping gives the finest steps. Parameters and FLOPs come
+from the family (`param_count`, `flops_per_token`), so they are exact for any family.
 """
 
 import dataclasses
