@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import gin
 
+from t5x_lite import storage
 from t5x_lite.errors import ConfigError
 from t5x_lite.models import family as family_lib
 from t5x_lite.pipeline import input_pipeline
@@ -102,8 +103,5 @@ def fit_command(sweep_dir: str, out: str | None, bootstrap_samples: int = 200) -
     report = fit_report(fitted_runs(sweep_dir), bootstrap_samples)
     print("\n".join(report_lines(report)))
     path = out or os.path.join(sweep_dir, "fit.json")
-    partial = path + ".partial"
-    with open(partial, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(partial, path)
+    storage.write_atomic(path, json.dumps(report, indent=1))
     print(f"wrote {path}")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import tqdm
 
+from t5x_lite import storage
 from t5x_lite.errors import ConfigError
 from t5x_lite.scaling import sizes
 
@@ -51,9 +52,9 @@ def train_argv(gin_files: Sequence[str], bindings: Sequence[str], base,
 
 def final_eval_loss(model_dir: str, step: int) -> float:
     """The validation loss that the run logged at `step`."""
-    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
-        losses = [record["eval_loss"] for record in map(json.loads, f)
-                  if record.get("step") == step and record.get("eval_loss") is not None]
+    losses = [record["eval_loss"] for record in storage.read_jsonl(
+        os.path.join(model_dir, "metrics.jsonl"))
+              if record.get("step") == step and record.get("eval_loss") is not None]
     if not losses:
         raise ConfigError(f"{model_dir}: no eval_loss at step {step} in metrics.jsonl; the run "
                           "did not finish its evaluation (see its train.log).")
@@ -80,13 +81,6 @@ def read_records(out_dir: str) -> list[dict]:
     return records
 
 
-def _write_record(model_dir: str, content: dict) -> None:
-    partial = os.path.join(model_dir, RECORD + ".partial")
-    with open(partial, "w") as f:
-        json.dump(content, f, indent=1)
-    os.replace(partial, os.path.join(model_dir, RECORD))
-
-
 def check_steps(runs: Sequence[sizes.PlannedRun]) -> None:
     short = [run for run in runs if run.steps < MIN_STEPS]
     if short:
@@ -109,7 +103,8 @@ def run_sweep(runs: Sequence[sizes.PlannedRun], out_dir: str, argv_of) -> list[d
                 raise ConfigError(f"run {run_name(run)} ended with exit code {code}; see "
                                   f"{os.path.join(model_dir, 'train.log')} (run the sweep "
                                   "again to continue it).")
-            _write_record(model_dir, record(run, final_eval_loss(model_dir, run.steps)))
+            storage.write_atomic(os.path.join(model_dir, RECORD), json.dumps(
+                record(run, final_eval_loss(model_dir, run.steps)), indent=1))
         with open(os.path.join(model_dir, RECORD)) as f:
             records.append(json.load(f))
     return records
